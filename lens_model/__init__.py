@@ -1,0 +1,25 @@
+"""LENS: reasoning segmentation with a Qwen2.5-VL reasoner, context queries and SAM 2.
+
+Heavy imports (torch, transformers, sam2) happen on first use, so light modules such as
+``lens_model.result`` and ``lens_model.answer_parser`` stay cheap to import from the ROS core.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "LensConfig": "lens_model.config",
+    "LensModel": "lens_model.modeling",
+    "load_model": "lens_model.hub",
+    "SegmentationResult": "lens_model.result",
+    "parse_answer": "lens_model.answer_parser",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lens_model' has no attribute {name!r}")

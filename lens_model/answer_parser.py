@@ -1,0 +1,225 @@
+"""Parse the reasoner's free text into reasoning, a box and a label. Never raises on model text.
+
+Qwen2.5-VL grounding answers look like ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cup"}]``, often
+inside a ```json fence, and with the reasoning prompt inside ``<think>…</think><answer>…</answer>``.
+Real outputs break every rule: tags go missing, JSON is truncated, several boxes appear, numbers are
+out of the frame or inverted. The parser tries strict JSON first, then falls back to the regex forms
+the authors' code accepted, and reports what it did instead of guessing silently.
+
+Coordinates are in the frame the reasoner saw (the smart-resized image); ``map_box`` converts them
+to original-image pixels.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from lens_model.result import Box
+
+_SPECIAL_TOKENS = re.compile(r"<\|(?:im_end|im_start|endoftext|box_start|box_end|object_ref_start|object_ref_end)\|>")
+_THINK = re.compile(r"<think>(.*?)(?:</think>|(?=<answer>)|\Z)", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
+_STRICT_REASONING = re.compile(r"\A\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*\Z", re.DOTALL)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|\Z)", re.DOTALL)
+_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
+# The bracket forms the authors' regex accepted, tried in this order.
+_REGEX_BOXES = (
+    re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]"),
+    re.compile(r"\(" + ",".join([_NUM] * 4) + r"\)"),
+    re.compile(r"\(" + _NUM + "," + _NUM + r"\)\s*,?\s*\(" + _NUM + "," + _NUM + r"\)"),
+)
+_BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d")
+MAX_PARSE_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """The parts of one generated answer. ``box`` is in the reasoner's (resized) frame."""
+
+    reasoning: str
+    answer_text: str
+    box: Box | None
+    label: str | None
+    status: str  # "ok" or why there is no box
+    num_boxes: int
+    has_think_tags: bool
+    has_answer_tags: bool
+    json_ok: bool
+
+    def format_ok(self, template: str) -> bool:
+        """Whether the answer follows ``template`` ("reasoning" or "direct") and carries a valid box."""
+        if self.box is None:
+            return False
+        if template == "reasoning":
+            return self.has_think_tags and self.has_answer_tags and self.json_ok
+        return self.json_ok
+
+
+def parse_answer(text: str) -> ParsedAnswer:
+    """Split ``text`` into reasoning and answer and extract the first valid box from the answer."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    text = _SPECIAL_TOKENS.sub("", text[:MAX_PARSE_CHARS]).strip()
+    strict = _STRICT_REASONING.match(text)
+    think_match = _THINK.search(text)
+    answer_match = _ANSWER.search(text)
+    reasoning = think_match.group(1).strip() if think_match else ""
+    if answer_match:
+        answer_text = answer_match.group(1).strip()
+    elif "</think>" in text:
+        answer_text = text.split("</think>", 1)[1].strip()
+    elif think_match:
+        answer_text = ""
+    else:
+        answer_text = text
+    boxes, labels, json_ok = _boxes_from_json(answer_text)
+    if not boxes:
+        boxes = _boxes_from_regex(answer_text)
+        labels = [None] * len(boxes)
+    if not boxes:
+        status = "no box in answer" if answer_text else "empty answer"
+        return ParsedAnswer(reasoning, answer_text, None, None, status, 0, bool(strict), bool(strict), False)
+    box, status = _first_valid(boxes)
+    label = labels[boxes.index(box)] if box is not None else None
+    return ParsedAnswer(
+        reasoning=reasoning,
+        answer_text=answer_text,
+        box=box,
+        label=label,
+        status=status,
+        num_boxes=len(boxes),
+        has_think_tags=strict is not None,
+        has_answer_tags=strict is not None,
+        json_ok=json_ok,
+    )
+
+
+def clip_box(box: Box, width: float, height: float) -> Box | None:
+    """Order the corners and clip to ``[0, width] x [0, height]``; ``None`` if nothing is left."""
+    x1, x2 = sorted((box[0], box[2]))
+    y1, y2 = sorted((box[1], box[3]))
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        return None
+    return (x1, y1, x2, y2)
+
+
+def map_box(box: Box, src_size: tuple[int, int], dst_size: tuple[int, int]) -> Box | None:
+    """Map a box from a ``src_size`` (width, height) frame into ``dst_size``, clipped to it."""
+    sw, sh = src_size
+    dw, dh = dst_size
+    clipped = clip_box(box, float(sw), float(sh))
+    if clipped is None or sw <= 0 or sh <= 0:
+        return None
+    sx, sy = dw / sw, dh / sh
+    return clip_box((clipped[0] * sx, clipped[1] * sy, clipped[2] * sx, clipped[3] * sy), float(dw), float(dh))
+
+
+def _first_valid(boxes: list[Box]) -> tuple[Box | None, str]:
+    for box in boxes:
+        if all(math.isfinite(v) for v in box):
+            x1, x2 = sorted((box[0], box[2]))
+            y1, y2 = sorted((box[1], box[3]))
+            if x2 > x1 and y2 > y1:
+                return (x1, y1, x2, y2), "ok"
+    return None, "degenerate box"
+
+
+def _boxes_from_json(answer: str) -> tuple[list[Box], list[str | None], bool]:
+    candidates = [m.group(1) for m in _FENCE.finditer(answer)] or [answer]
+    for candidate in candidates:
+        for fragment in _json_fragments(candidate):
+            try:
+                data = json.loads(fragment)
+            except (ValueError, RecursionError):
+                continue
+            boxes, labels = _collect_boxes(data)
+            if boxes:
+                return boxes, labels, True
+    return [], [], False
+
+
+def _json_fragments(text: str) -> list[str]:
+    """Balanced ``[...]``/``{...}`` substrings, outermost first, found by bracket matching."""
+    fragments: list[str] = []
+    pairs = {"[": "]", "{": "}"}
+    i = 0
+    while i < len(text) and len(fragments) < 32:
+        if text[i] in pairs:
+            end = _matching_bracket(text, i)
+            if end is not None:
+                fragments.append(text[i : end + 1])
+                i = end + 1
+                continue
+        i += 1
+    return fragments
+
+
+def _matching_bracket(text: str, start: int) -> int | None:
+    stack: list[str] = []
+    in_string = False
+    escaped = False
+    closing = {"[": "]", "{": "}"}
+    for j in range(start, len(text)):
+        ch = text[j]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in closing:
+            stack.append(closing[ch])
+        elif ch in "]}":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return j
+    return None
+
+
+def _collect_boxes(data: object, depth: int = 0) -> tuple[list[Box], list[str | None]]:
+    boxes: list[Box] = []
+    labels: list[str | None] = []
+    if depth > 8:
+        return boxes, labels
+    if isinstance(data, dict):
+        for key in _BOX_KEYS:
+            box = _as_box(data.get(key))
+            if box is not None:
+                label = data.get("label")
+                boxes.append(box)
+                labels.append(str(label) if isinstance(label, (str, int, float)) else None)
+                break
+    elif isinstance(data, list):
+        box = _as_box(data)
+        if box is not None:
+            return [box], [None]
+        for item in data:
+            b, lab = _collect_boxes(item, depth + 1)
+            boxes += b
+            labels += lab
+    return boxes, labels
+
+
+def _as_box(value: object) -> Box | None:
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
+
+
+def _boxes_from_regex(answer: str) -> list[Box]:
+    for pattern in _REGEX_BOXES:
+        found = [tuple(float(g) for g in m.groups()) for m in pattern.finditer(answer)]
+        if found:
+            return [(b[0], b[1], b[2], b[3]) for b in found]
+    return []
