@@ -1,0 +1,181 @@
+"""Resolve a model name (built-in, local folder, hub id), build the LensModel and load its weights."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+from lens_model import sam_head, tiny
+from lens_model.config import LensConfig
+from lens_model.errors import CheckpointFormatError, LensError, ModelNotFoundError
+from lens_model.modeling import LensModel
+from lens_model.processor import ReasonerProcessor
+from lens_model.weights import load_into, save_state_dict
+
+BUILTIN_DIR = Path(__file__).parent / "assets"
+BUILTIN_NAMES = ("tiny-random", "lens-synth-demo")
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+REASONER_CLASSES = {
+    "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
+    "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise LensError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(names))}")
+    return names[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LensError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LensError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
+
+
+def load_model(name_or_path: str, device: str = "cpu", dtype: str | torch.dtype = "auto", **overrides) -> LensModel:
+    """Load a LENS model by built-in name, local folder or Hugging Face hub id, ready for inference.
+
+    ``overrides`` replace LensConfig fields (for example ``template="reasoning"``).
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if name_or_path == "tiny-random":
+        model = build_tiny_random(**overrides)
+    else:
+        directory = locate(name_or_path)
+        from lens_model import released
+
+        if released.is_released_checkpoint(directory):
+            model = released.load_released(directory, **overrides)
+        else:
+            model = load_native(directory, **overrides)
+    return model.to(device=dev, dtype=torch_dtype).eval()
+
+
+def locate(name_or_path: str) -> Path:
+    """A local folder for ``name_or_path``: a built-in asset, an existing folder, or a hub download."""
+    if name_or_path in BUILTIN_NAMES:
+        path = BUILTIN_DIR / name_or_path
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"built-in model {name_or_path!r} is not shipped in this install ({path} is missing)")
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json; it is not a model checkpoint")
+        return path
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} not found: not a built-in name ({', '.join(BUILTIN_NAMES)}), "
+            "not a checkpoint folder, and not a hub id of the form owner/name"
+        )
+    return _download(name_or_path)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        print(f"Fetching {repo_id} (weights are cached after the first download)...", file=sys.stderr)
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS))
+    except LocalEntryNotFoundError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is not in the local cache and {why}. On a machine with network run "
+            f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass it as the model path"
+        ) from exc
+    except (RepositoryNotFoundError, HfHubHTTPError) as exc:
+        raise ModelNotFoundError(f"model {repo_id!r} could not be downloaded from the hub: {exc}") from exc
+
+
+def build_tiny_random(seed: int = 0, **overrides) -> LensModel:
+    """The ``tiny-random`` model: tiny Qwen2.5-VL + tiny SAM 2, random weights, deterministic for ``seed``."""
+    config = tiny.tiny_lens_config(**overrides)
+    torch.manual_seed(seed)
+    tokenizer = tiny.build_tokenizer()
+    processor = tiny.build_processor(tokenizer, config.min_pixels, config.max_pixels)
+    reasoner = Qwen2_5_VLForConditionalGeneration(tiny.reasoner_config(tokenizer))
+    config.reasoner_config = reasoner.config.to_dict()
+    config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
+    return LensModel(config, reasoner, processor, sam_head.build_sam2(config.sam2_model_config))
+
+
+def build_model(config: LensConfig, **overrides) -> LensModel:
+    """A new LensModel from a pretrained reasoner (hub id or folder) and a SAM 2 config/checkpoint.
+
+    This is where training starts: the context module is freshly initialised.
+    """
+    config = dataclasses.replace(config, **overrides)
+    directory = locate(config.reasoner)
+    reasoner_cfg = AutoConfig.from_pretrained(directory, local_files_only=True)
+    _, model_cls = _reasoner_classes(reasoner_cfg.model_type)
+    reasoner = model_cls.from_pretrained(directory, local_files_only=True, torch_dtype=torch.float32)
+    processor = ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels)
+    config.reasoner_config = reasoner.config.to_dict()
+    config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
+    sam = sam_head.build_sam2(config.sam2_model_config)
+    if config.sam2_checkpoint:
+        sam_head.load_sam2_checkpoint(sam, config.sam2_checkpoint)
+    return LensModel(config, reasoner, processor, sam)
+
+
+def load_native(directory: Path, **overrides) -> LensModel:
+    """Load a checkpoint written by :func:`save_model` (or by the training stages)."""
+    config = LensConfig.load(directory)
+    config = dataclasses.replace(config, **overrides) if overrides else config
+    if config.reasoner_config is None or config.sam2_model_config is None:
+        raise CheckpointFormatError(f"{directory}/config.json lacks the embedded reasoner or SAM 2 config")
+    model = assemble(config, ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels))
+    load_into(model, directory, optional=lambda key: _is_tied_head(model, key))
+    return model
+
+
+def assemble(config: LensConfig, processor: ReasonerProcessor) -> LensModel:
+    """An (untrained) LensModel with the architecture described by ``config``'s embedded configs."""
+    cfg_cls, model_cls = _reasoner_classes(config.reasoner_config.get("model_type", "qwen2_5_vl"))
+    reasoner_cfg = cfg_cls(**{k: v for k, v in config.reasoner_config.items() if k != "model_type"})
+    return LensModel(config, model_cls(reasoner_cfg), processor, sam_head.build_sam2(config.sam2_model_config))
+
+
+def save_model(model: LensModel, directory: str | Path) -> None:
+    """Write config.json, the processor files and model.safetensors (sharded above 5 GB)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.reasoner_config = model.reasoner.config.to_dict()
+    state = {k: v for k, v in model.state_dict().items() if not _is_tied_head(model, k)}
+    save_state_dict(state, directory)
+    model.processor.save(directory)
+    model.config.save(directory)
+
+
+def _is_tied_head(model: LensModel, key: str) -> bool:
+    return key == "reasoner.lm_head.weight" and bool(getattr(model.reasoner.config, "tie_word_embeddings", False) or
+                                                    getattr(model.reasoner.config.get_text_config(), "tie_word_embeddings", False))
+
+
+def _reasoner_classes(model_type: str):
+    if model_type not in REASONER_CLASSES:
+        raise CheckpointFormatError(f"unsupported reasoner type {model_type!r}; LENS supports {sorted(REASONER_CLASSES)}")
+    return REASONER_CLASSES[model_type]
+
+
+def config_summary(model: LensModel) -> str:
+    return json.dumps(model.describe())

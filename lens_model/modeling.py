@@ -1,0 +1,254 @@
+"""LensModel: reasoner (Qwen2.5-VL) + context module + SAM 2 mask head, and the inference API."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from lens_model import sam_head
+from lens_model.answer_parser import map_box, parse_answer
+from lens_model.config import LensConfig
+from lens_model.context import ContextModule
+from lens_model.errors import InputError
+from lens_model.processor import EncodedImage, EncodedPrompts, ReasonerProcessor
+from lens_model.prompts import clean_query
+from lens_model.query_pass import cached_query_pass, completion_mask, full_query_pass
+from lens_model.result import SegmentationResult
+
+MAX_IMAGE_SIDE = 16384
+
+
+@dataclass
+class Generation:
+    """Sampled completions for a batch of prompts, with what the query pass needs from generation."""
+
+    completion_ids: torch.Tensor  # (B, T), padded after each row's end of sequence
+    completion_attention: torch.Tensor  # (B, T), 1 up to and including the end-of-sequence token
+    cache: object | None
+    rope_deltas: torch.Tensor | None
+
+
+class StageTimer:
+    """Wall-clock milliseconds per named stage (synchronising CUDA so GPU time is attributed)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, device: torch.device) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def validate_image(image: object) -> np.ndarray:
+    """Accept an RGB uint8 HxWx3 array (or a PIL image); reject anything else with a clear message."""
+    if hasattr(image, "convert") and hasattr(image, "size"):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be an RGB numpy array or PIL image, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must have shape HxWx3 (RGB), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype}")
+    h, w = image.shape[:2]
+    if h < 2 or w < 2 or h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
+        raise InputError(f"image size {w}x{h} is outside the supported range 2..{MAX_IMAGE_SIDE}")
+    return np.ascontiguousarray(image)
+
+
+class LensModel(nn.Module):
+    """LENS for inference and training. Build it with :meth:`from_pretrained` or ``lens_model.hub``."""
+
+    def __init__(self, config: LensConfig, reasoner: nn.Module, processor: ReasonerProcessor, sam: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.reasoner = reasoner
+        self.processor = processor
+        hidden = reasoner.config.text_config.hidden_size
+        self.context = ContextModule(hidden, config.num_queries, config.connector, collapse=config.prompt_collapse == "conv1d")
+        self.sam = sam
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def device(self) -> torch.device:
+        return self.context.context_queries.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.context.context_queries.dtype
+
+    def encode_image(self, image: np.ndarray) -> EncodedImage:
+        return self.processor.encode_image(image)
+
+    def vision_embeds(self, encoded: EncodedImage) -> torch.Tensor:
+        """Reasoner vision-tower features for one image: (num_tokens, C)."""
+        pixels = encoded.pixel_values.to(self.device, self.reasoner.model.visual.dtype)
+        out = self.reasoner.model.get_image_features(pixels, encoded.grid_thw.to(self.device), return_dict=True)
+        return out.pooler_output[0]
+
+    def sam_features(self, images: list[np.ndarray]) -> sam_head.SamImageFeatures:
+        pixels = torch.stack([sam_head.preprocess(img, self.config.sam_image_size) for img in images])
+        return sam_head.encode_images(self.sam, pixels.to(self.device, self.dtype))
+
+    def encode_prompts(self, queries: list[str], encoded: list[EncodedImage], template: str | None = None) -> EncodedPrompts:
+        template = template or self.config.template
+        texts = [self.processor.render(q, template, self.config.system_prompt) for q in queries]
+        prompts = self.processor.encode_prompts(texts, [e.num_tokens for e in encoded])
+        return EncodedPrompts(*(t.to(self.device) for t in (prompts.input_ids, prompts.attention_mask, prompts.mm_token_type_ids)))
+
+    def generate(
+        self,
+        prompts: EncodedPrompts,
+        grid_thw: torch.Tensor,
+        vision: list[torch.Tensor],
+        num_return_sequences: int = 1,
+        keep_cache: bool = False,
+        **overrides,
+    ) -> Generation:
+        """Generate answers; ``vision`` holds one precomputed feature tensor per prompt row."""
+        gen = self.config.generation
+        settings = dict(
+            max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, temperature=gen.temperature,
+            top_p=gen.top_p, top_k=gen.top_k, repetition_penalty=gen.repetition_penalty,
+        )
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        if not settings["do_sample"]:
+            settings.update(temperature=None, top_p=None, top_k=None)
+        out = self.reasoner.generate(
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            mm_token_type_ids=prompts.mm_token_type_ids,
+            image_grid_thw=grid_thw.to(self.device),
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=tuple(vision))},
+            num_return_sequences=num_return_sequences,
+            eos_token_id=self.processor.eos_token_ids,
+            pad_token_id=self.processor.pad_token_id,
+            return_dict_in_generate=True,
+            use_cache=True,
+            **settings,
+        )
+        completion = out.sequences[:, prompts.input_ids.shape[1]:]
+        if completion.shape[1] == 0:  # zero new tokens: keep one pad so every row has a "last token"
+            completion = completion.new_full((completion.shape[0], 1), self.processor.pad_token_id)
+        attention = completion_mask(completion, self.processor.eos_token_ids)
+        cache = out.past_key_values if keep_cache else None
+        deltas = self.reasoner.model.rope_deltas if keep_cache else None
+        return Generation(completion, attention, cache, deltas)
+
+    def query_states(
+        self,
+        prompts: EncodedPrompts,
+        grid_thw: torch.Tensor,
+        vision: list[torch.Tensor],
+        generation: Generation,
+    ) -> torch.Tensor:
+        """States of the M context queries placed after prompt + completion (scheme per config)."""
+        queries = self.context.context_queries
+        if self.config.reuses_kv_cache and generation.cache is not None:
+            return cached_query_pass(
+                self.reasoner, prompts, generation.completion_ids, generation.completion_attention,
+                generation.cache, generation.rope_deltas, queries,
+            )
+        return full_query_pass(
+            self.reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), generation.completion_ids,
+            generation.completion_attention, queries, self.processor.image_token_id, self.processor.pad_token_id,
+            self.config.query_positions,
+        ).query_states
+
+    def segment(self, query_states: torch.Tensor, features: sam_head.SamImageFeatures, repeat_image: bool):
+        """Query states -> SAM 2 prompts -> low-resolution mask logits (N, h, w) and predicted IoU (N,)."""
+        prompts = self.context(query_states.to(self.dtype))
+        return sam_head.decode_masks(self.sam, features, prompts, repeat_image=repeat_image)
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def predict_many(
+        self,
+        image: object,
+        queries: list[str],
+        *,
+        template: str | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[SegmentationResult]:
+        """Segment several queries on one image, sharing the vision encoding and the SAM 2 embedding.
+
+        Stage timings in each result are those of the whole batch.
+        """
+        image = validate_image(image)
+        if not queries:
+            return []
+        queries = [clean_query(q, self.config.max_query_chars) for q in queries]
+        timer, device = StageTimer(), self.device
+        height, width = image.shape[:2]
+        with timer.stage("preprocess", device):
+            encoded = self.encode_image(image)
+            prompts = self.encode_prompts(queries, [encoded] * len(queries), template)
+            grid = encoded.grid_thw.repeat(len(queries), 1)
+        with timer.stage("vision_encoder", device):
+            vision = [self.vision_embeds(encoded)] * len(queries)
+        with timer.stage("sam_image_encoder", device):
+            features = self.sam_features([image])
+        with timer.stage("generate", device):
+            generation = self.generate(prompts, grid, vision, keep_cache=self.config.reuses_kv_cache, max_new_tokens=max_new_tokens)
+        with timer.stage("query_pass", device):
+            states = self.query_states(prompts, grid, vision, generation)
+        with timer.stage("mask_decoder", device):
+            logits, iou = self.segment(states, features, repeat_image=True)
+        with timer.stage("postprocess", device):
+            masks = (sam_head.upsample_logits(logits, height, width) > self.config.mask_threshold).cpu().numpy()
+            results = [
+                self._result(q, masks[i], float(iou[i]), generation, i, encoded.resized_size, (width, height))
+                for i, q in enumerate(queries)
+            ]
+        total = sum(timer.ms.values())
+        for result in results:
+            result.timings_ms = {**timer.ms, "total": total}
+        return results
+
+    def predict(self, image: object, query: str, *, template: str | None = None, max_new_tokens: int | None = None) -> SegmentationResult:
+        """Segment what ``query`` refers to in ``image`` (RGB uint8 HxWx3)."""
+        return self.predict_many(image, [query], template=template, max_new_tokens=max_new_tokens)[0]
+
+    def _result(self, query: str, mask: np.ndarray, iou: float, generation: Generation, row: int,
+                resized: tuple[int, int], original: tuple[int, int]) -> SegmentationResult:
+        ids = generation.completion_ids[row][generation.completion_attention[row].bool()].tolist()
+        answer = self.processor.decode([t for t in ids if t not in self.processor.eos_token_ids]).strip()
+        parsed = parse_answer(answer)
+        box = map_box(parsed.box, resized, original) if parsed.box is not None else None
+        status = parsed.status if parsed.box is None else ("ok" if box is not None else "box outside the image")
+        return SegmentationResult(
+            query=query, mask=mask, box=box, box_status=status, label=parsed.label,
+            score=min(max(iou, 0.0), 1.0), reasoning=parsed.reasoning, answer=answer,
+            random_weights=self.config.random_weights,
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.config.name or self.config.reasoner,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "random_weights": self.config.random_weights,
+            "query_positions": self.config.query_positions,
+            "prompt_collapse": self.config.prompt_collapse,
+        }
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: str = "auto", **overrides) -> "LensModel":
+        from lens_model.hub import load_model
+
+        return load_model(name_or_path, device=device, dtype=dtype, **overrides)
+
+    def save_pretrained(self, directory: str) -> None:
+        from lens_model.hub import save_model
+
+        save_model(self, directory)

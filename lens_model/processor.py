@@ -1,0 +1,118 @@
+"""Text + image preprocessing for Qwen2.5-VL / Qwen2-VL reasoners.
+
+The stock ``Qwen2_5_VLProcessor`` insists on a video processor, which cannot be built without
+torchvision (absent on CPU-only installs), and it re-processes the image once per prompt. LENS
+keeps the two parts it needs (tokenizer + Qwen2-VL image processor + chat template) and expands
+the ``<|image_pad|>`` placeholder itself, so one image is processed once for any number of queries.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase, Qwen2TokenizerFast, Qwen2VLImageProcessorPil
+
+from lens_model.prompts import build_messages
+
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass
+class EncodedImage:
+    pixel_values: torch.Tensor  # (patches, C*T*P*P)
+    grid_thw: torch.Tensor  # (1, 3)
+    resized_size: tuple[int, int]  # (width, height) of the frame the reasoner sees
+    num_tokens: int  # image placeholder tokens after the 2x2 merge
+
+
+@dataclass
+class EncodedPrompts:
+    input_ids: torch.Tensor  # (B, L), left-padded
+    attention_mask: torch.Tensor
+    mm_token_type_ids: torch.Tensor  # 1 at image tokens, 0 elsewhere
+
+
+class ReasonerProcessor:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: Qwen2VLImageProcessorPil, chat_template: str):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_template = chat_template
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.eos_token_ids = sorted(
+            {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tokenizer.unk_token_id}
+        )
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[-1]
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.image_processor.merge_size)
+
+    def render(self, query: str, template: str, system_prompt: str) -> str:
+        messages = build_messages(query, template, system_prompt)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+
+    def encode_image(self, image: np.ndarray) -> EncodedImage:
+        out = self.image_processor(images=[Image.fromarray(image)], return_tensors="pt")
+        grid = out["image_grid_thw"]
+        patch = int(self.image_processor.patch_size)
+        _, gh, gw = (int(v) for v in grid[0])
+        return EncodedImage(out["pixel_values"], grid, (gw * patch, gh * patch), int(grid.prod()) // self.merge_size**2)
+
+    def encode_prompts(self, texts: list[str], image_tokens: list[int]) -> EncodedPrompts:
+        """Tokenise rendered prompts, expanding each one's single image placeholder to its token count."""
+        expanded = [text.replace(IMAGE_PAD, IMAGE_PAD * n, 1) for text, n in zip(texts, image_tokens)]
+        enc = self.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
+        ids = enc["input_ids"]
+        return EncodedPrompts(ids, enc["attention_mask"], (ids == self.image_token_id).long())
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+        (directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, min_pixels: int, max_pixels: int) -> "ReasonerProcessor":
+        directory = Path(directory)
+        # Qwen2-VL and Qwen2.5-VL share the Qwen2 tokenizer; naming it avoids AutoTokenizer reading LENS's config.json.
+        tokenizer = Qwen2TokenizerFast.from_pretrained(directory, local_files_only=True)
+        image_processor = Qwen2VLImageProcessorPil(**_image_processor_kwargs(directory, min_pixels, max_pixels))
+        template = _chat_template(directory, tokenizer)
+        if not template:
+            raise FileNotFoundError(f"no chat template in {directory} (chat_template.jinja/.json or tokenizer config)")
+        return cls(tokenizer, image_processor, template)
+
+
+def _image_processor_kwargs(directory: Path, min_pixels: int, max_pixels: int) -> dict:
+    kwargs: dict = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data = data.get("image_processor", data)
+            for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
+                if key in data:
+                    kwargs[key] = data[key]
+            break
+    # The LENS config decides the resolution the reasoner sees, whatever the checkpoint shipped with.
+    kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return kwargs
+
+
+def _chat_template(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    for name in CHAT_TEMPLATE_FILES:
+        path = directory / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return getattr(tokenizer, "chat_template", None)

@@ -1,0 +1,47 @@
+"""Prompt templates: the authors' direct-answer prompt and the paper's think/answer prompt."""
+from __future__ import annotations
+
+from typing import Any
+
+from lens_model.errors import InputError
+
+# The authors' "pr1_grounding" question template (used by the released RefCOCO checkpoints).
+DIRECT_TEMPLATE = "Output the bounding box of the {query} in the image."
+# The paper's reasoning format: reasoning in think tags, then a JSON box list in answer tags.
+REASONING_TEMPLATE = (
+    'Find "{query}" in the image. Compare the candidate objects and pick the one that best matches. '
+    "Write your reasoning between <think> and </think>, then give the answer between <answer> and "
+    '</answer> as JSON, for example <think>reasoning</think><answer>[{{"bbox_2d": [x1, y1, x2, y2], '
+    '"label": "object"}}]</answer>.'
+)
+TEMPLATES = {"direct": DIRECT_TEMPLATE, "reasoning": REASONING_TEMPLATE}
+
+
+def clean_query(query: object, max_chars: int) -> str:
+    """Validate a referring expression: a non-empty string of at most ``max_chars`` characters."""
+    if isinstance(query, bytes):
+        try:
+            query = query.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"query is not valid UTF-8: {exc}") from exc
+    if not isinstance(query, str):
+        raise InputError(f"query must be a string, got {type(query).__name__}")
+    query = " ".join(query.split())
+    if not query:
+        raise InputError("query is empty")
+    if len(query) > max_chars:
+        raise InputError(f"query is {len(query)} characters long; the limit is {max_chars}")
+    return query
+
+
+def build_messages(query: str, template: str, system_prompt: str) -> list[dict[str, Any]]:
+    """Chat messages in the Qwen2.5-VL format: system prompt, then the image followed by the question."""
+    if template not in TEMPLATES:
+        raise InputError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": TEMPLATES[template].format(query=query)}],
+        },
+    ]

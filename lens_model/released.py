@@ -1,0 +1,122 @@
+"""Load the checkpoints the LENS authors released (``OuyBin/LENS``, ``OuyBin/LENS_ReasonSeg``, ...).
+
+Their layout (transformers 4.51, class ``SAMR1ForConditionalGeneration_qwen2p5``):
+
+* ``config.json``: a Qwen2-VL-style config (``model_type: qwen2_vl``) around a Qwen2.5-VL model,
+  plus ``num_of_query``; the vision config carries the Qwen2.5 fields (``fullatt_block_indexes``).
+* weights: ``model.*`` (language model), ``visual.*`` (vision tower), optional tied ``lm_head.weight``,
+  and at top level ``learnable_query``, ``connector.*``, ``conv_1d.*``, ``proj_to_sam.*``, ``sam.*``
+  (SAM 2.0 Hiera-L, memory modules removed).
+
+Transformers >= 4.52 moved the Qwen modules (``model.language_model.*``, ``model.visual.*``); both
+namings are accepted. The checkpoint's conventions are kept: one collapsed SAM prompt token and
+sequential positions in the query pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from transformers import Qwen2_5_VLConfig
+
+from lens_model import sam_head
+from lens_model.config import RELEASED_SAM2_OVERRIDES, ConnectorConfig, LensConfig
+from lens_model.errors import CheckpointFormatError
+from lens_model.hub import assemble
+from lens_model.modeling import LensModel
+from lens_model.processor import ReasonerProcessor
+from lens_model.weights import checkpoint_keys, load_into
+
+RELEASED_ARCHITECTURE = "SAMR1ForConditionalGeneration_qwen2p5"
+CONNECTOR_HEADS = 16  # hard-coded in the authors' connector
+TEXT_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+    "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout",
+    "bos_token_id", "eos_token_id", "pad_token_id",
+)
+VISION_FIELDS = (
+    "depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "in_channels", "patch_size",
+    "spatial_merge_size", "temporal_patch_size", "tokens_per_second", "window_size", "out_hidden_size",
+    "fullatt_block_indexes",
+)
+TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+# (old prefix, new prefix); the first match wins.
+KEY_MAP = (
+    ("learnable_query", "context.context_queries"),
+    ("connector.", "context.connector."),
+    ("conv_1d.", "context.query_collapse."),
+    ("proj_to_sam.", "context.proj_to_sam."),
+    ("sam.", "sam."),
+    ("model.language_model.", "reasoner.model.language_model."),
+    ("model.visual.", "reasoner.model.visual."),
+    ("visual.", "reasoner.model.visual."),
+    ("model.", "reasoner.model.language_model."),
+    ("lm_head.", "reasoner.lm_head."),
+)
+MEMORY_PREFIXES = tuple(f"sam.{name}" for name in sam_head.MEMORY_MODULES)
+
+
+def is_released_checkpoint(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "num_of_query" in config or RELEASED_ARCHITECTURE in config.get("architectures", [])
+
+
+def rename_key(key: str) -> str | None:
+    if key.startswith(MEMORY_PREFIXES):
+        return None
+    for old, new in KEY_MAP:
+        if key == old or key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def reasoner_config(raw: dict) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config from the released Qwen2-VL-style config (its ``model_type`` is ignored)."""
+    text = {k: raw[k] for k in TEXT_FIELDS if k in raw}
+    rope = raw.get("rope_scaling") or {}
+    if "mrope_section" not in rope:
+        raise CheckpointFormatError("released config has no rope_scaling.mrope_section")
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": raw.get("rope_theta", 1e6), "mrope_section": rope["mrope_section"]}
+    text["tie_word_embeddings"] = raw.get("tie_word_embeddings", True)
+    vision_raw = raw.get("vision_config", {})
+    if "fullatt_block_indexes" not in vision_raw:
+        raise CheckpointFormatError("released config's vision_config lacks Qwen2.5-VL fields (fullatt_block_indexes)")
+    vision = {k: vision_raw[k] for k in VISION_FIELDS if k in vision_raw}
+    if "in_chans" in vision_raw and "in_channels" not in vision:
+        vision["in_channels"] = vision_raw["in_chans"]
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"],
+        **{k: raw[k] for k in TOKEN_FIELDS if k in raw},
+    )
+
+
+def load_released(directory: Path, **overrides) -> LensModel:
+    raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    keys = checkpoint_keys(directory)
+    depth = len({m.group(1) for k in keys if (m := re.match(r"connector\.blocks\.(\d+)\.", k))})
+    if depth == 0 or "learnable_query" not in keys:
+        raise CheckpointFormatError(f"{directory} has a LENS config but no learnable_query/connector weights")
+    qwen = reasoner_config(raw)
+    config = LensConfig(
+        reasoner=str(directory),
+        reasoner_config=qwen.to_dict(),
+        num_queries=int(raw["num_of_query"]),
+        connector=ConnectorConfig(depth=depth, num_heads=CONNECTOR_HEADS),
+        prompt_collapse="conv1d",
+        query_positions="sequential",
+        sam2_config="configs/sam2/sam2_hiera_l.yaml",
+        sam2_overrides=list(RELEASED_SAM2_OVERRIDES),
+        template="direct",
+        name=directory.name,
+    )
+    config = dataclasses.replace(config, **overrides)
+    config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
+    model = assemble(config, ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels))
+    load_into(model, directory, rename=rename_key, optional=lambda key: key == "reasoner.lm_head.weight")
+    return model

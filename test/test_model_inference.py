@@ -1,0 +1,98 @@
+"""End-to-end inference on the tiny model: image + query -> mask, box, reasoning, timings."""
+import numpy as np
+import pytest
+import torch
+
+from lens_model.errors import InputError
+from model_fixtures import scene, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def test_predict_returns_full_result(model):
+    image = scene()
+    result = model.predict(image, "the red square")
+    assert result.mask.dtype == np.bool_ and result.mask.shape == image.shape[:2]
+    assert 0.0 <= result.score <= 1.0
+    assert result.random_weights is True
+    assert isinstance(result.answer, str)
+    assert (result.box is None) == (result.box_status != "ok")
+    stages = {"preprocess", "vision_encoder", "sam_image_encoder", "generate", "query_pass", "mask_decoder", "postprocess"}
+    assert stages <= set(result.timings_ms) and result.timings_ms["total"] > 0
+    summary = result.to_dict()
+    assert summary["mask_shape"] == [96, 128] and summary["query"] == "the red square"
+
+
+def test_predict_many_matches_single_predictions(model):
+    image = scene()
+    queries = ["the red square", "the big blue rectangle on the right of the picture"]
+    batch = model.predict_many(image, queries)
+    for query, batched in zip(queries, batch):
+        single = model.predict(image, query)
+        assert batched.answer == single.answer
+        agreement = (batched.mask == single.mask).mean()
+        assert agreement > 0.999
+
+
+def test_predict_many_shares_the_encoders(model, monkeypatch):
+    calls = {"vision": 0, "sam": 0}
+    vision, sam = model.vision_embeds, model.sam_features
+
+    def count_vision(*a, **k):
+        calls["vision"] += 1
+        return vision(*a, **k)
+
+    def count_sam(*a, **k):
+        calls["sam"] += 1
+        return sam(*a, **k)
+
+    monkeypatch.setattr(model, "vision_embeds", count_vision)
+    monkeypatch.setattr(model, "sam_features", count_sam)
+    results = model.predict_many(scene(), ["a", "b", "c", "d"])
+    assert len(results) == 4 and calls == {"vision": 1, "sam": 1}
+
+
+def test_mask_follows_original_resolution_for_odd_sizes(model):
+    image = scene(height=37, width=301)
+    assert model.predict(image, "the red square").mask.shape == (37, 301)
+
+
+@pytest.mark.parametrize("query", ["", "   ", "x" * 5000, None, b"\xff\xfe"])
+def test_bad_queries_raise_input_error(model, query):
+    with pytest.raises(InputError):
+        model.predict(scene(), query)
+
+
+@pytest.mark.parametrize("image", [np.zeros((0, 10, 3), np.uint8), np.zeros((10, 10), np.uint8),
+                                   np.zeros((10, 10, 3), np.float32), "not an image"])
+def test_bad_images_raise_input_error(model, image):
+    with pytest.raises(InputError):
+        model.predict(image, "the red square")
+
+
+def test_reasoning_template_prompt_reaches_the_reasoner(model):
+    captured = {}
+    render = model.processor.render
+
+    def spy(query, template, system_prompt):
+        captured["text"] = render(query, template, system_prompt)
+        return captured["text"]
+
+    model.processor.render = spy
+    try:
+        model.predict(scene(), "the red square", template="reasoning", max_new_tokens=4)
+    finally:
+        model.processor.render = render
+    assert "<think>" in captured["text"] and "the red square" in captured["text"]
+
+
+def test_clean_variant_uses_all_queries_as_prompts():
+    model = tiny_model(prompt_collapse="none", query_positions="mrope")
+    states = torch.randn(2, model.config.num_queries, model.reasoner.config.text_config.hidden_size)
+    prompts = model.context(states)
+    assert prompts.shape == (2, model.config.num_queries, 256)
+    result = model.predict(scene(), "the blue rectangle")
+    assert result.mask.shape == (96, 128)
