@@ -81,8 +81,8 @@ def parse_answer(text: str) -> ParsedAnswer:
     if not boxes:
         status = "no box in answer" if answer_text else "empty answer"
         return ParsedAnswer(reasoning, answer_text, None, None, status, 0, bool(strict), bool(strict), False)
-    box, status = _first_valid(boxes)
-    label = labels[boxes.index(box)] if box is not None else None
+    index, box, status = _first_valid(boxes)
+    label = labels[index] if box is not None else None
     return ParsedAnswer(
         reasoning=reasoning,
         answer_text=answer_text,
@@ -118,14 +118,14 @@ def map_box(box: Box, src_size: tuple[int, int], dst_size: tuple[int, int]) -> B
     return clip_box((clipped[0] * sx, clipped[1] * sy, clipped[2] * sx, clipped[3] * sy), float(dw), float(dh))
 
 
-def _first_valid(boxes: list[Box]) -> tuple[Box | None, str]:
-    for box in boxes:
+def _first_valid(boxes: list[Box]) -> tuple[int, Box | None, str]:
+    for index, box in enumerate(boxes):
         if all(math.isfinite(v) for v in box):
             x1, x2 = sorted((box[0], box[2]))
             y1, y2 = sorted((box[1], box[3]))
             if x2 > x1 and y2 > y1:
-                return (x1, y1, x2, y2), "ok"
-    return None, "degenerate box"
+                return index, (x1, y1, x2, y2), "ok"
+    return -1, None, "degenerate box"
 
 
 def _boxes_from_json(answer: str) -> tuple[list[Box], list[str | None], bool]:
@@ -138,7 +138,8 @@ def _boxes_from_json(answer: str) -> tuple[list[Box], list[str | None], bool]:
                 continue
             boxes, labels = _collect_boxes(data)
             if boxes:
-                return boxes, labels, True
+                # A bare [x1, y1, x2, y2] pulled out of broken JSON is a regex-level find, not valid JSON.
+                return boxes, labels, not (isinstance(data, list) and _as_box(data) is not None)
     return [], [], False
 
 

@@ -1,0 +1,116 @@
+"""The answer parser never raises on model text and extracts boxes from every format seen in practice."""
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lens_model.answer_parser import clip_box, map_box, parse_answer
+
+REASONING = '<think>Two circles; the red one is left.</think><answer>[{"bbox_2d": [10, 20, 50, 60], "label": "red circle"}]</answer>'
+
+
+def test_reasoning_format():
+    parsed = parse_answer(REASONING)
+    assert parsed.box == (10, 20, 50, 60) and parsed.label == "red circle"
+    assert parsed.reasoning == "Two circles; the red one is left."
+    assert parsed.format_ok("reasoning") and parsed.format_ok("direct")
+
+
+def test_fenced_json_direct_answer():
+    parsed = parse_answer('```json\n[\n  {"bbox_2d": [1, 2, 30, 40], "label": "mug"}\n]\n```<|im_end|>')
+    assert parsed.box == (1, 2, 30, 40) and parsed.label == "mug"
+    assert parsed.format_ok("direct") and not parsed.format_ok("reasoning")
+
+
+def test_missing_closing_answer_tag_still_parses_box_but_fails_format():
+    parsed = parse_answer('<think>hmm</think><answer>[{"bbox_2d": [1, 2, 3, 4]}]')
+    assert parsed.box == (1, 2, 3, 4)
+    assert not parsed.format_ok("reasoning")
+
+
+def test_missing_think_close_tag():
+    parsed = parse_answer('<think>looking<answer>[{"bbox_2d": [5, 5, 9, 9]}]</answer>')
+    assert parsed.reasoning == "looking" and parsed.box == (5, 5, 9, 9)
+
+
+def test_broken_json_falls_back_to_regex():
+    parsed = parse_answer('<answer>[{"bbox_2d": [10, 20, 30, 40], "label": "cup"</answer>')
+    assert parsed.box == (10, 20, 30, 40) and not parsed.json_ok
+
+
+@pytest.mark.parametrize("text,box", [
+    ("(10, 20, 30, 40)", (10, 20, 30, 40)),
+    ("(10,20),(30,40)", (10, 20, 30, 40)),
+    ("box: [1.5, 2.5, 3.5, 4.5]", (1.5, 2.5, 3.5, 4.5)),
+])
+def test_authors_regex_forms(text, box):
+    assert parse_answer(text).box == box
+
+
+def test_several_boxes_take_the_first_valid():
+    parsed = parse_answer('[{"bbox_2d": [5, 5, 5, 9]}, {"bbox_2d": [1, 2, 3, 4], "label": "b"}, {"bbox_2d": [7, 7, 9, 9]}]')
+    assert parsed.num_boxes == 3 and parsed.box == (1, 2, 3, 4) and parsed.label == "b"
+
+
+def test_inverted_coordinates_are_reordered():
+    assert parse_answer('[{"bbox_2d": [30, 40, 10, 20]}]').box == (10, 20, 30, 40)
+
+
+@pytest.mark.parametrize("text,status", [
+    ("", "empty answer"),
+    ("I cannot see it.", "no box in answer"),
+    ('[{"bbox_2d": [3, 3, 3, 3]}]', "degenerate box"),
+    ("<think>only thinking", "empty answer"),
+])
+def test_no_box_reasons(text, status):
+    parsed = parse_answer(text)
+    assert parsed.box is None and parsed.status == status and not parsed.format_ok("direct")
+
+
+def test_non_string_and_huge_inputs():
+    assert parse_answer(None).box is None
+    assert parse_answer("[" * 100_000).box is None
+    assert parse_answer('{"a": ' * 5000 + "1" + "}" * 5000).box is None
+
+
+def test_map_box_from_resized_to_original_frame():
+    # reasoner saw 224x112, original is 448x224 -> coordinates double
+    assert map_box((10, 20, 30, 40), (224, 112), (448, 224)) == (20, 40, 60, 80)
+    # out-of-range coordinates are clipped to the frame first
+    assert map_box((-10, -10, 300, 50), (224, 112), (448, 224)) == (0, 0, 448, 100)
+    assert map_box((300, 300, 400, 400), (224, 112), (448, 224)) is None
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=150, deadline=None)
+def test_never_raises_on_arbitrary_text(text):
+    parsed = parse_answer(text)
+    if parsed.box is not None:
+        x1, y1, x2, y2 = parsed.box
+        assert x1 < x2 and y1 < y2 and all(math.isfinite(v) for v in parsed.box)
+
+
+box_values = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False)
+
+
+@given(st.tuples(box_values, box_values, box_values, box_values), st.sampled_from(["json", "fenced", "reasoning", "tuple"]))
+@settings(max_examples=100, deadline=None)
+def test_round_trip_of_valid_boxes(box, style):
+    x1, y1, x2, y2 = (round(v, 2) for v in box)
+    body = f'[{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}], "label": "x"}}]'
+    text = {"json": body, "fenced": f"```json\n{body}\n```", "reasoning": f"<think>t</think><answer>{body}</answer>",
+            "tuple": f"({x1}, {y1}, {x2}, {y2})"}[style]
+    parsed = parse_answer(text)
+    if min(x1, x2) == max(x1, x2) or min(y1, y2) == max(y1, y2):
+        assert parsed.box is None
+    else:
+        assert parsed.box == (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+
+
+@given(st.tuples(box_values, box_values, box_values, box_values), st.floats(1, 4000), st.floats(1, 4000))
+@settings(max_examples=100, deadline=None)
+def test_clip_box_stays_inside(box, w, h):
+    clipped = clip_box(box, w, h)
+    if clipped is not None:
+        assert 0 <= clipped[0] < clipped[2] <= w and 0 <= clipped[1] < clipped[3] <= h
