@@ -21,13 +21,13 @@ $(VENV)/.installed: requirements.txt constraints.txt setup.py
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/lens-segment --image examples/scene.png --query "$(or $(QUERY),the red circle)" --out demo_out
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-segment --image examples/scene.png --query "$(or $(QUERY),the small red circle)" --out demo_out
 
 test: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q test
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider test
 
 bench: setup
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.model_latency
 
 clean-venv:
 	rm -rf $(VENV)
