@@ -169,6 +169,60 @@ class LensModel(nn.Module):
         prompts = self.context(query_states.to(self.dtype))
         return sam_head.decode_masks(self.sam, features, prompts, repeat_image=repeat_image)
 
+    # ------------------------------------------------------------------ training
+    def encode_completions(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded token ids of completion texts, each ending in the end-of-turn token, and their mask."""
+        tokenizer = self.processor.tokenizer
+        eos = self.processor.eos_token_ids[0]
+        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.processor.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def sequence_forward(
+        self,
+        prompts: EncodedPrompts,
+        grid_thw: torch.Tensor,
+        vision: list[torch.Tensor],
+        completion_ids: torch.Tensor,
+        completion_attention: torch.Tensor,
+        with_logprobs: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One forward of prompt + completion + queries.
+
+        Returns the per-token log-probabilities of the completion (B, T) under the current weights
+        (or ``None``) and the query states (B, M, C). Uses the configured position scheme.
+        """
+        out = full_query_pass(
+            self.reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), completion_ids, completion_attention,
+            self.context.context_queries, self.processor.image_token_id, self.processor.pad_token_id,
+            self.config.query_positions, return_sequence_hidden=with_logprobs,
+        )
+        if not with_logprobs:
+            return None, out.query_states
+        prompt_len = prompts.input_ids.shape[1]
+        # The state before each completion token predicts it.
+        hidden = out.sequence_hidden[:, prompt_len - 1 : prompt_len - 1 + completion_ids.shape[1]]
+        logits = self.reasoner.lm_head(hidden).float()
+        logprobs = torch.gather(logits, -1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        return logprobs, out.query_states
+
+    def segment_groups(
+        self, query_states: torch.Tensor, features: sam_head.SamImageFeatures, group_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for consecutive groups of ``group_size`` rows that share one image each."""
+        logits, ious = [], []
+        for image_index, start in enumerate(range(0, query_states.shape[0], group_size)):
+            feats = features.select([image_index])
+            lo, iou = self.segment(query_states[start : start + group_size], feats, repeat_image=True)
+            logits.append(lo)
+            ious.append(iou)
+        return torch.cat(logits), torch.cat(ious)
+
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def predict_many(
