@@ -282,7 +282,7 @@ class LensModel(nn.Module):
         return SegmentationResult(
             query=query, mask=mask, box=box, box_status=status, label=parsed.label,
             score=min(max(iou, 0.0), 1.0), reasoning=parsed.reasoning, answer=answer,
-            random_weights=self.config.random_weights,
+            random_weights=self.config.random_weights, generated_tokens=len(ids),
         )
 
     def describe(self) -> dict[str, object]:

@@ -31,6 +31,7 @@ class SegmentationResult:
     answer: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     random_weights: bool = False
+    generated_tokens: int = 0
 
     @property
     def has_box(self) -> bool:
@@ -54,4 +55,5 @@ class SegmentationResult:
             "mask_shape": list(self.mask.shape),
             "timings_ms": {k: round(float(v), 2) for k, v in self.timings_ms.items()},
             "random_weights": self.random_weights,
+            "generated_tokens": self.generated_tokens,
         }

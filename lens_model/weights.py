@@ -16,7 +16,9 @@ SINGLE_FILE = "model.safetensors"
 
 
 def save_state_dict(state: dict[str, torch.Tensor], directory: str | Path, max_shard_size: str = "5GB") -> None:
-    save_torch_state_dict({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory, max_shard_size=max_shard_size)
+    # Copies: engines such as DeepSpeed keep parameters as views into one flat buffer, which safetensors refuses.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    save_torch_state_dict(tensors, directory, max_shard_size=max_shard_size)
 
 
 def weight_files(directory: str | Path) -> list[Path]:

@@ -1,0 +1,263 @@
+"""Referring expressions for synthetic scenes that are checked to pick out exactly one object.
+
+An expression is a noun phrase ("the large blue circle"), optionally with a position ("the leftmost
+circle", "the top right square") or a relation to a uniquely named anchor ("the red square left of
+the blue circle"). ``referents`` evaluates an expression against a scene with a safety margin: an
+object counts as a possible referent unless it is clearly ruled out, so an expression is only
+emitted when a reader could not hesitate between two objects. ``explain`` writes the matching
+templated reasoning (candidates compared, and why the target wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from training.data.synthetic_scenes import SceneObject
+
+EXPRESSION_TYPES = ("shape", "color", "size", "position", "relation")
+Axis = tuple[str, int]  # ("x" or "y", -1 for smaller-is-better / left-or-above, +1 for larger)
+POSITIONS: dict[str, tuple[Axis, ...]] = {
+    "leftmost": (("x", -1),),
+    "rightmost": (("x", 1),),
+    "top": (("y", -1),),
+    "bottom": (("y", 1),),
+    "top left": (("y", -1), ("x", -1)),
+    "top right": (("y", -1), ("x", 1)),
+    "bottom left": (("y", 1), ("x", -1)),
+    "bottom right": (("y", 1), ("x", 1)),
+}
+RELATIONS: dict[str, Axis] = {"left of": ("x", -1), "right of": ("x", 1), "above": ("y", -1), "below": ("y", 1)}
+# Attribute subsets tried for noun phrases; anchors use the first one that is unique.
+ATTRIBUTE_SETS = (
+    ("shape",),
+    ("color", "shape"),
+    ("size", "shape"),
+    ("size", "color", "shape"),
+    ("color",),
+    ("size",),
+    ("size", "color"),
+    (),
+)
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+@dataclass(frozen=True)
+class Phrase:
+    size: str | None = None
+    color: str | None = None
+    shape: str | None = None
+
+    @classmethod
+    def of(cls, obj: SceneObject, attributes: Sequence[str]) -> Phrase:
+        return cls(**{name: getattr(obj, name) for name in attributes})
+
+    def matches(self, obj: SceneObject) -> bool:
+        return (
+            (self.size is None or obj.size == self.size)
+            and (self.color is None or obj.color == self.color)
+            and (self.shape is None or obj.shape == self.shape)
+        )
+
+    def without(self, attribute: str) -> Phrase:
+        return replace(self, **{attribute: None})
+
+    @property
+    def text(self) -> str:
+        return " ".join(word for word in (self.size, self.color, self.shape or "shape") if word)
+
+    @property
+    def plural(self) -> str:
+        return self.text + "s"
+
+
+@dataclass(frozen=True)
+class Expression:
+    kind: str
+    phrase: Phrase
+    position: str | None = None
+    relation: str | None = None
+    anchor: Phrase | None = None
+
+    @property
+    def text(self) -> str:
+        if self.position is not None:
+            return f"the {self.position} {self.phrase.text}"
+        if self.relation is not None and self.anchor is not None:
+            return f"the {self.phrase.text} {self.relation} the {self.anchor.text}"
+        return f"the {self.phrase.text}"
+
+
+def coordinate(obj: SceneObject, axis: str) -> float:
+    return obj.center[0] if axis == "x" else obj.center[1]
+
+
+def matching(phrase: Phrase, objects: Sequence[SceneObject]) -> list[int]:
+    return [i for i, obj in enumerate(objects) if phrase.matches(obj)]
+
+
+def referents(expression: Expression, objects: Sequence[SceneObject], margin: float) -> list[int]:
+    """Every object a reader could take the expression to mean.
+
+    Positions: candidates within ``margin`` of the best on any axis of the position. Relations:
+    candidates on the named side of any object matching the anchor phrase, by however little.
+    """
+    candidates = matching(expression.phrase, objects)
+    if expression.position is not None:
+        possible: set[int] = set()
+        for axis, sign in POSITIONS[expression.position]:
+            scores = {i: sign * coordinate(objects[i], axis) for i in candidates}
+            best = max(scores.values())
+            possible |= {i for i, score in scores.items() if score > best - margin}
+        return sorted(possible)
+    if expression.relation is not None and expression.anchor is not None:
+        axis, sign = RELATIONS[expression.relation]
+        return sorted(
+            {
+                i
+                for a in matching(expression.anchor, objects)
+                for i in candidates
+                if i != a and sign * (coordinate(objects[i], axis) - coordinate(objects[a], axis)) > 0
+            }
+        )
+    return candidates
+
+
+def is_unambiguous(expression: Expression, target: int, objects: Sequence[SceneObject], margin: float) -> bool:
+    """Exactly one referent, the target; for a relation also a unique anchor the target is clearly beside."""
+    if referents(expression, objects, margin) != [target]:
+        return False
+    if expression.relation is None or expression.anchor is None:
+        return True
+    anchors = matching(expression.anchor, objects)
+    axis, sign = RELATIONS[expression.relation]
+    return (
+        len(anchors) == 1
+        and sign * (coordinate(objects[target], axis) - coordinate(objects[anchors[0]], axis)) >= margin
+    )
+
+
+def candidate_expressions(
+    target: int, objects: Sequence[SceneObject], kinds: Sequence[str], margin: float
+) -> list[Expression]:
+    """All unambiguous expressions of the requested kinds for one object. Colour and size must be
+    informative (the phrase without them matches several objects); position and relation are only
+    used on a phrase that alone matches several objects."""
+    obj = objects[target]
+    anchors = {i: _unique_phrase(i, objects) for i in range(len(objects)) if i != target} if "relation" in kinds else {}
+    found: list[Expression] = []
+    for attributes in ATTRIBUTE_SETS:
+        phrase = Phrase.of(obj, attributes)
+        matches = matching(phrase, objects)
+        if "shape" in kinds and attributes == ("shape",) and matches == [target]:
+            found.append(Expression("shape", phrase))
+        for kind in ("color", "size"):
+            if (
+                kind in kinds
+                and kind in attributes
+                and matches == [target]
+                and len(matching(phrase.without(kind), objects)) >= 2
+            ):
+                found.append(Expression(kind, phrase))
+        if len(matches) < 2:
+            continue
+        if "position" in kinds:
+            found += [
+                e
+                for e in (Expression("position", phrase, position=p) for p in POSITIONS)
+                if is_unambiguous(e, target, objects, margin)
+            ]
+        for anchor_phrase in filter(None, anchors.values()):
+            found += [
+                e
+                for e in (Expression("relation", phrase, relation=r, anchor=anchor_phrase) for r in RELATIONS)
+                if is_unambiguous(e, target, objects, margin)
+            ]
+    return found
+
+
+def choose_expressions(
+    rng: np.random.Generator,
+    target: int,
+    objects: Sequence[SceneObject],
+    kinds: Sequence[str],
+    limit: int,
+    margin: float,
+) -> list[Expression]:
+    """Up to ``limit`` expressions of different kinds, kinds and expressions picked at random."""
+    by_kind: dict[str, list[Expression]] = {}
+    for expression in candidate_expressions(target, objects, kinds, margin):
+        by_kind.setdefault(expression.kind, []).append(expression)
+    available = [kind for kind in EXPRESSION_TYPES if kind in by_kind]
+    chosen: list[Expression] = []
+    for kind_index in rng.permutation(len(available))[:limit]:
+        options = [e for e in by_kind[available[kind_index]] if e.text not in {c.text for c in chosen}]
+        if options:
+            chosen.append(options[int(rng.integers(len(options)))])
+    return chosen
+
+
+def _unique_phrase(index: int, objects: Sequence[SceneObject]) -> Phrase | None:
+    for attributes in ATTRIBUTE_SETS:
+        phrase = Phrase.of(objects[index], attributes)
+        if matching(phrase, objects) == [index]:
+            return phrase
+    return None
+
+
+def describe(obj: SceneObject) -> str:
+    return f"{obj.size} {obj.color} {obj.shape}"
+
+
+def location(obj: SceneObject) -> str:
+    return f"({round(obj.center[0])}, {round(obj.center[1])})"
+
+
+def _listing(objects: Sequence[SceneObject]) -> str:
+    items = [f"a {describe(obj)} at {location(obj)}" for obj in objects]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _there_are(count: int, phrase: Phrase, suffix: str = "") -> str:
+    if count == 1:
+        return f"There is one {phrase.text}{suffix}"
+    return f"There are {NUMBER_WORDS.get(count, str(count))} {phrase.plural}{suffix}"
+
+
+def explain(expression: Expression, target: int, objects: Sequence[SceneObject]) -> str:
+    """Templated reasoning: the candidates compared and why the target is the one meant."""
+    obj = objects[target]
+    chosen = f"the {describe(obj)} at {location(obj)}"
+    asks = f"The query asks for {expression.text}"
+    if expression.position is not None:
+        group = [objects[i] for i in matching(expression.phrase, objects)]
+        criteria = " and ".join(
+            f"the {'smallest' if sign < 0 else 'largest'} {axis}" for axis, sign in POSITIONS[expression.position]
+        )
+        return (
+            f"{_there_are(len(group), expression.phrase)}: {_listing(group)}. {asks}; "
+            f"{chosen} has {criteria}, so it is the target."
+        )
+    if expression.relation is not None and expression.anchor is not None:
+        anchor_index = matching(expression.anchor, objects)[0]
+        anchor = objects[anchor_index]
+        group = [objects[i] for i in matching(expression.phrase, objects) if i != anchor_index]
+        besides = " besides it" if expression.phrase.matches(anchor) else ""
+        axis, sign = RELATIONS[expression.relation]
+        comparison = (
+            f"{axis} {round(coordinate(obj, axis))} {'<' if sign < 0 else '>'} {round(coordinate(anchor, axis))}"
+        )
+        return (
+            f"The reference is the {describe(anchor)} at {location(anchor)}. "
+            f"{_there_are(len(group), expression.phrase, besides)}: {_listing(group)}. {asks}; "
+            f"only {chosen} is {expression.relation} it ({comparison}), so it is the target."
+        )
+    attribute = expression.kind  # shape, color or size
+    base = expression.phrase.without(attribute)
+    group = [objects[i] for i in matching(base, objects)]
+    quality = f"a {obj.shape}" if attribute == "shape" else getattr(obj, attribute)
+    return (
+        f"{_there_are(len(group), base)}: {_listing(group)}. {asks}; only {chosen} is {quality}, so it is the target."
+    )

@@ -1,0 +1,188 @@
+"""Evaluate a LENS model: gIoU, cIoU, box accuracy, parse failures and generated length.
+
+    python -m training.evaluate --model ID_OR_PATH --data DIR --dataset refcoco --split val \
+        [--output results.json] [--limit N] [--batch-size 8] [--device cuda]
+
+Every referring expression is one sample, scored at the original image resolution against the
+binarised ground truth with ignore regions excluded (see ``training.metrics``). Expressions of one
+image are predicted together (``predict_many`` shares the image encodings). Partial results are
+saved atomically every few batches next to the output, so an evaluation that dies resumes where
+it stopped. Under a distributed launcher each rank scores every world_size-th sample and rank 0
+merges the results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from training.common import distributed
+from training.data.registry import DATASET_NAMES, load_dataset
+from training.data.sample import Sample
+from training.metrics import SegmentationMeter
+
+PERCENT_KEYS = ("gIoU", "cIoU", "box_iou", "box_accuracy", "parse_failure_rate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="built-in name, checkpoint folder or hub id")
+    parser.add_argument("--data", required=True, help="data root (see docs/datasets.md)")
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--split", default=None, help="val, testA, testB, test, train, eval ...")
+    parser.add_argument("--output", default=None, help="results JSON (default: eval_<dataset>_<split>.json)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most N expressions")
+    parser.add_argument("--batch-size", type=int, default=8, help="expressions of one image predicted together")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--template", choices=["direct", "reasoning"], default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--save-every", type=int, default=20, help="save partial results every N batches")
+    parser.add_argument("--restart", action="store_true", help="ignore saved partial results")
+    return parser
+
+
+def image_batches(samples: Iterator[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    """Consecutive samples of the same image, at most ``batch_size`` at a time."""
+    batch: list[Sample] = []
+    for sample in samples:
+        if batch and (sample.image_id != batch[0].image_id or len(batch) == batch_size):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
+def score(meter: SegmentationMeter, sample: Sample, result) -> None:
+    meter.add_mask(sample.sample_id, result.mask, sample.mask, sample.ignore)
+    meter.add_box(sample.sample_id, result.box, sample.box)
+    meter.add_generation(sample.sample_id, result.box is not None, result.generated_tokens)
+
+
+def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | None = None, batch_size: int = 8,
+                   template: str | None = None, max_new_tokens: int | None = None, rank: int = 0, world_size: int = 1,
+                   on_batch=None, progress: bool = True) -> SegmentationMeter:
+    """Score every not-yet-scored sample of this rank's shard into ``meter``."""
+    indices = [i for i in range(len(dataset) if limit is None else min(limit, len(dataset))) if i % world_size == rank]
+
+    def pending() -> Iterator[Sample]:
+        for index in indices:
+            sample = dataset[index]
+            if sample is not None and sample.sample_id not in meter:
+                yield sample
+
+    bar = tqdm(total=len(indices), initial=len(meter), desc="evaluate", unit="expr", disable=not progress)
+    for batch in image_batches(pending(), batch_size):
+        results = model.predict_many(batch[0].image, [s.text for s in batch], template=template, max_new_tokens=max_new_tokens)
+        for sample, result in zip(batch, results):
+            score(meter, sample, result)
+        bar.update(len(batch))
+        summary = meter.summary()
+        bar.set_postfix(gIoU=f"{100 * (summary['gIoU'] or 0):.1f}", cIoU=f"{100 * (summary['cIoU'] or 0):.1f}")
+        if on_batch is not None:
+            on_batch(meter)
+    bar.close()
+    return meter
+
+
+def format_table(summary: dict[str, Any], title: str) -> str:
+    rows = [(key, f"{100 * value:.2f}" if key in PERCENT_KEYS and value is not None else
+             ("-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)))
+            for key, value in summary.items()]
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * (width + 12)] + [f"{k:<{width}}  {v:>9}" for k, v in rows]
+    return "\n".join(lines)
+
+
+class PartialResults:
+    """Atomic save/load of a rank's partial meter, tied to the run it belongs to."""
+
+    def __init__(self, output: Path, run: dict[str, Any], rank: int) -> None:
+        self.path = output.with_name(output.name + f".partial.rank{rank}.json")
+        self.run = run
+
+    def load(self) -> SegmentationMeter | None:
+        if not self.path.is_file():
+            return None
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        if data.get("run") != self.run:
+            raise SystemExit(f"{self.path} holds partial results of a different run ({data.get('run')}); "
+                             "pass --restart to discard them")
+        return SegmentationMeter.from_dict(data["meter"])
+
+    def save(self, meter: SegmentationMeter) -> None:
+        write_json_atomic(self.path, {"run": self.run, "meter": meter.to_dict()})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lens_model.errors import LensError
+    from lens_model.hub import load_model
+
+    if distributed.launcher_env().world_size > 1 and not distributed.is_distributed():
+        import torch.distributed as dist
+
+        dist.init_process_group(distributed.default_backend())
+    rank, world = distributed.rank(), distributed.world_size()
+    output = Path(args.output or f"eval_{args.dataset}_{args.split or 'all'}.json")
+    run = {"model": args.model, "dataset": args.dataset, "split": args.split, "data": str(Path(args.data).resolve()),
+           "template": args.template, "max_new_tokens": args.max_new_tokens, "limit": args.limit}
+    try:
+        dataset = load_dataset(args.dataset, args.data, args.split, per="sentence")
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+    except (LensError, OSError, ValueError) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    if model.config.random_weights:
+        print("WARNING: evaluating a model with RANDOM weights.", file=sys.stderr)
+    partial = PartialResults(output, run, rank)
+    meter = (None if args.restart else partial.load()) or SegmentationMeter()
+    batches = {"n": 0}
+
+    def checkpoint(m: SegmentationMeter) -> None:
+        batches["n"] += 1
+        if batches["n"] % args.save_every == 0:
+            partial.save(m)
+
+    run_evaluation(model, dataset, meter, limit=args.limit, batch_size=args.batch_size, template=args.template,
+                   max_new_tokens=args.max_new_tokens, rank=rank, world_size=world, on_batch=checkpoint,
+                   progress=distributed.is_main())
+    partial.save(meter)
+    meters = distributed.all_gather_object(meter)
+    if distributed.is_main():
+        merged = SegmentationMeter(box_threshold=meter.box_threshold)
+        for other in meters:
+            merged.merge(other)
+        summary = merged.summary()
+        title = f"{args.model} on {args.dataset} {args.split or ''} ({summary['num_expressions']} expressions)"
+        print(format_table(summary, title))
+        skipped = dict(dataset.skips.counts)
+        write_json_atomic(output, {"run": run, "metrics": summary, "skipped": skipped,
+                                   "random_weights": model.config.random_weights})
+        print(f"wrote {output}")
+    distributed.barrier()
+    partial.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
