@@ -61,8 +61,7 @@ def kv_reuse(repeats: int, new_tokens: int) -> None:
 
     def full():
         full_query_pass(model.reasoner, prompts, grid, torch.cat(vision), generation.completion_ids,
-                        generation.completion_attention, queries, model.processor.image_token_id,
-                        model.processor.pad_token_id, "mrope")
+                        generation.completion_attention, queries, model.processor.pad_token_id, "mrope")
 
     cached_ms, full_ms = median_ms(cached, repeats), median_ms(full, repeats)
     length = prompts.input_ids.shape[1] + generation.completion_ids.shape[1]

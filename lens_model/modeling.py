@@ -89,10 +89,11 @@ class LensModel(nn.Module):
     def encode_image(self, image: np.ndarray) -> EncodedImage:
         return self.processor.encode_image(image)
 
-    def vision_embeds(self, encoded: EncodedImage) -> torch.Tensor:
-        """Reasoner vision-tower features for one image: (num_tokens, C)."""
-        pixels = encoded.pixel_values.to(self.device, self.reasoner.model.visual.dtype)
-        out = self.reasoner.model.get_image_features(pixels, encoded.grid_thw.to(self.device), return_dict=True)
+    def vision_embeds(self, encoded: EncodedImage, reasoner: nn.Module | None = None) -> torch.Tensor:
+        """Vision-tower features for one image: (num_tokens, C). ``reasoner`` defaults to the model's own."""
+        reasoner = reasoner if reasoner is not None else self.reasoner
+        pixels = encoded.pixel_values.to(self.device, reasoner.model.visual.dtype)
+        out = reasoner.model.get_image_features(pixels, encoded.grid_thw.to(self.device), return_dict=True)
         return out.pooler_output[0]
 
     def sam_features(self, images: list[np.ndarray]) -> sam_head.SamImageFeatures:
@@ -132,6 +133,7 @@ class LensModel(nn.Module):
             num_return_sequences=num_return_sequences,
             eos_token_id=self.processor.eos_token_ids,
             pad_token_id=self.processor.pad_token_id,
+            suppress_tokens=self.processor.placeholder_token_ids,
             return_dict_in_generate=True,
             use_cache=True,
             **settings,
@@ -160,7 +162,7 @@ class LensModel(nn.Module):
             )
         return full_query_pass(
             self.reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), generation.completion_ids,
-            generation.completion_attention, queries, self.processor.image_token_id, self.processor.pad_token_id,
+            generation.completion_attention, queries, self.processor.pad_token_id,
             self.config.query_positions,
         ).query_states
 
@@ -191,15 +193,18 @@ class LensModel(nn.Module):
         completion_ids: torch.Tensor,
         completion_attention: torch.Tensor,
         with_logprobs: bool,
+        reasoner: nn.Module | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """One forward of prompt + completion + queries.
 
-        Returns the per-token log-probabilities of the completion (B, T) under the current weights
-        (or ``None``) and the query states (B, M, C). Uses the configured position scheme.
+        Returns the per-token log-probabilities of the completion (B, T) (or ``None``) and the query
+        states (B, M, C). Uses the configured position scheme. ``reasoner`` (default: the model's own)
+        lets a frozen reference policy be scored through exactly the same path.
         """
+        reasoner = reasoner if reasoner is not None else self.reasoner
         out = full_query_pass(
-            self.reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), completion_ids, completion_attention,
-            self.context.context_queries, self.processor.image_token_id, self.processor.pad_token_id,
+            reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), completion_ids, completion_attention,
+            self.context.context_queries, self.processor.pad_token_id,
             self.config.query_positions, return_sequence_hidden=with_logprobs,
         )
         if not with_logprobs:
@@ -207,7 +212,7 @@ class LensModel(nn.Module):
         prompt_len = prompts.input_ids.shape[1]
         # The state before each completion token predicts it.
         hidden = out.sequence_hidden[:, prompt_len - 1 : prompt_len - 1 + completion_ids.shape[1]]
-        logits = self.reasoner.lm_head(hidden).float()
+        logits = reasoner.lm_head(hidden).float()
         logprobs = torch.gather(logits, -1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
         return logprobs, out.query_states
 

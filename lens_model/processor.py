@@ -20,6 +20,7 @@ from lens_model.prompts import build_messages
 
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 IMAGE_PAD = "<|image_pad|>"
+PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ReasonerProcessor:
             {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tokenizer.unk_token_id}
         )
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[-1]
+        # Vision placeholders belong to prompts only; generation must never emit them.
+        self.placeholder_token_ids = sorted(
+            {tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDER_TOKENS} - {None, tokenizer.unk_token_id}
+        )
 
     @property
     def merge_size(self) -> int:

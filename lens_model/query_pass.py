@@ -50,10 +50,14 @@ def mrope_positions(reasoner, input_ids: torch.Tensor, mm_types: torch.Tensor, g
     )
 
 
-def embed_sequence(reasoner, input_ids: torch.Tensor, image_token_id: int, vision_embeds: torch.Tensor) -> torch.Tensor:
-    """Token embeddings with the image placeholders replaced by precomputed vision features."""
+def embed_sequence(reasoner, input_ids: torch.Tensor, image_positions: torch.Tensor, vision_embeds: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with the image placeholders replaced by precomputed vision features.
+
+    ``image_positions`` marks the prompt's image tokens (its ``mm_token_type_ids``); a placeholder id
+    that a sampled completion happens to contain is left as an ordinary token.
+    """
     embeds = reasoner.get_input_embeddings()(input_ids)
-    image_mask = (input_ids == image_token_id).unsqueeze(-1).expand_as(embeds)
+    image_mask = image_positions.bool().unsqueeze(-1).expand_as(embeds)
     return embeds.masked_scatter(image_mask, vision_embeds.to(embeds.dtype))
 
 
@@ -65,7 +69,6 @@ def full_query_pass(
     completion_ids: torch.Tensor,
     completion_attention: torch.Tensor,
     queries: torch.Tensor,
-    image_token_id: int,
     pad_token_id: int,
     scheme: str,
     return_sequence_hidden: bool = False,
@@ -74,7 +77,8 @@ def full_query_pass(
     batch, num_queries = completion_ids.shape[0], queries.shape[1]
     ids = torch.cat([prompts.input_ids, completion_ids], dim=1)
     mask = torch.cat([prompts.attention_mask, completion_attention], dim=1)
-    embeds = embed_sequence(reasoner, ids, image_token_id, vision_embeds)
+    image_positions = torch.cat([prompts.mm_token_type_ids, torch.zeros_like(completion_ids)], dim=1)
+    embeds = embed_sequence(reasoner, ids, image_positions, vision_embeds)
     embeds = torch.cat([embeds, queries.to(embeds.dtype).expand(batch, -1, -1)], dim=1)
     query_ones = mask.new_ones(batch, num_queries)
     full_mask = torch.cat([mask, query_ones], dim=1)
@@ -82,7 +86,7 @@ def full_query_pass(
         positions = sequential_positions(full_mask)
     else:
         ids_with_queries = torch.cat([ids, query_ones * pad_token_id], dim=1)
-        mm_types = torch.cat([prompts.mm_token_type_ids, torch.zeros_like(completion_ids), query_ones * 0], dim=1)
+        mm_types = torch.cat([image_positions, query_ones * 0], dim=1)
         positions, _ = mrope_positions(reasoner, ids_with_queries, mm_types, grid_thw, full_mask)
     out = reasoner.model.language_model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, use_cache=False)
     hidden = out.last_hidden_state

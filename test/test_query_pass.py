@@ -39,7 +39,7 @@ def test_kv_reuse_equals_full_reforward_after_generate():
     cached = model.query_states(prompts, grid, vision, generation)
     full = full_query_pass(
         model.reasoner, prompts, grid, torch.cat(vision), generation.completion_ids, generation.completion_attention,
-        model.context.context_queries, model.processor.image_token_id, model.processor.pad_token_id, "mrope",
+        model.context.context_queries, model.processor.pad_token_id, "mrope",
     ).query_states
     assert torch.allclose(cached, full, atol=1e-5)
 
@@ -58,12 +58,12 @@ def test_kv_reuse_masks_tokens_after_an_early_end_of_sequence():
     types = torch.cat([prompts.mm_token_type_ids, torch.zeros_like(completion[:, :-1])], dim=1)
     positions, deltas = model.reasoner.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=grid, attention_mask=gen_mask)
     from lens_model.query_pass import embed_sequence
-    embeds = embed_sequence(model.reasoner, ids, model.processor.image_token_id, torch.cat(vision))
+    embeds = embed_sequence(model.reasoner, ids, types, torch.cat(vision))
     out = model.reasoner.model.language_model(inputs_embeds=embeds, attention_mask=gen_mask, position_ids=positions, use_cache=True)
     cached = cached_query_pass(model.reasoner, prompts, completion, attention, out.past_key_values, deltas, model.context.context_queries)
     full = full_query_pass(
         model.reasoner, prompts, grid, torch.cat(vision), completion, attention, model.context.context_queries,
-        model.processor.image_token_id, pad, "mrope",
+        pad, "mrope",
     ).query_states
     assert torch.allclose(cached, full, atol=1e-5)
     # And the padding really is ignored: changing it changes nothing.
@@ -71,7 +71,7 @@ def test_kv_reuse_masks_tokens_after_an_early_end_of_sequence():
     other[0, 3:] = 60
     full_other = full_query_pass(
         model.reasoner, prompts, grid, torch.cat(vision), other, attention, model.context.context_queries,
-        model.processor.image_token_id, pad, "mrope",
+        pad, "mrope",
     ).query_states
     assert torch.allclose(full, full_other, atol=1e-6)
 
@@ -82,7 +82,7 @@ def test_sequential_scheme_differs_from_mrope():
     prompts, grid, vision = _setup(model, ["the red square"])
     generation = model.generate(prompts, grid, vision, max_new_tokens=4)
     args = (model.reasoner, prompts, grid, torch.cat(vision), generation.completion_ids, generation.completion_attention,
-            model.context.context_queries, model.processor.image_token_id, model.processor.pad_token_id)
+            model.context.context_queries, model.processor.pad_token_id)
     seq = full_query_pass(*args, "sequential").query_states
     mrope = full_query_pass(*args, "mrope").query_states
     assert not torch.allclose(seq, mrope, atol=1e-4)

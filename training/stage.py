@@ -149,7 +149,7 @@ class ReasonerBatch:
     grid_thw: torch.Tensor
     vision: list[torch.Tensor]
     resized_sizes: list[tuple[int, int]]
-    sam_features: sam_head.SamImageFeatures
+    sam_features: sam_head.SamImageFeatures | None  # None when the stage asked for none (SFT)
 
     def gt_boxes_in_reasoner_frame(self) -> list[tuple[float, float, float, float]]:
         return [to_reasoner_frame(s.box, (s.width, s.height), size) for s, size in zip(self.samples, self.resized_sizes)]
@@ -168,15 +168,17 @@ class BatchEncoder:
         self.vision_cache = FeatureCache(cache_size if vision_frozen else 0)
         self.sam_cache = FeatureCache(cache_size if sam_encoder_frozen else 0)
 
-    def encode(self, samples: list[Sample], template: str) -> ReasonerBatch:
+    def encode(self, samples: list[Sample], template: str, with_sam_features: bool = True) -> ReasonerBatch:
         model = self.model
         encoded = [model.encode_image(s.image) for s in samples]
         prompts = model.encode_prompts([s.text for s in samples], encoded, template)
         vision = []
         for sample, enc in zip(samples, encoded):
             vision.append(self.vision_cache.get(sample.image_id, lambda e=enc: self._vision(e)))
-        sam_levels = [self.sam_cache.get(s.image_id, lambda s=s: self._sam(s.image)) for s in samples]
-        features = sam_head.SamImageFeatures([torch.cat(level) for level in zip(*(f.fpn for f in sam_levels))])
+        features = None
+        if with_sam_features:
+            sam_levels = [self.sam_cache.get(s.image_id, lambda s=s: self._sam(s.image)) for s in samples]
+            features = sam_head.SamImageFeatures([torch.cat(level) for level in zip(*(f.fpn for f in sam_levels))])
         grid = torch.cat([e.grid_thw for e in encoded]).to(model.device)
         return ReasonerBatch(samples, prompts, grid, vision, [e.resized_size for e in encoded], features)
 

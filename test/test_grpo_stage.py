@@ -1,0 +1,150 @@
+"""The GRPO stage: rollouts, the single policy pass, KL consistency, inner iterations, resume, DeepSpeed."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.common.checkpoint import CheckpointManager
+from training.common.config import load_config
+from training.common.logging import read_metrics
+from training.grpo.__main__ import main as grpo_main
+from training.grpo.config import GRPOConfig
+from training.grpo.rollout import generate
+from training.grpo.trainer import reference_policy
+from training.grpo.update import policy_loss
+from training.stage import BatchEncoder, build_model, training_dataset
+from training.synthetic import main as synthetic_main
+
+CONFIG = "training/configs/grpo_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    synthetic_main(["--out", str(root), "--images", "8", "--seed", "7", "--size", "112"])
+    return root
+
+
+def config(data_root, tmp_path, *overrides):
+    return load_config(GRPOConfig, CONFIG, [f"data.root={data_root}", f"output_dir={tmp_path}",
+                                             "rollout.max_completion_length=12", *overrides])
+
+
+@pytest.fixture()
+def setup(data_root, tmp_path):
+    cfg = config(data_root, tmp_path, "objective.beta=0.0")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    dataset = training_dataset(cfg.data)
+    samples = [dataset[0], dataset[1]]
+    encoder = BatchEncoder(model, 8, vision_frozen=False, sam_encoder_frozen=True)
+    return cfg, model, encoder, samples
+
+
+def test_rollout_groups_and_advantages(setup):
+    cfg, model, encoder, samples = setup
+    rollout = generate(model, None, encoder, samples, cfg)
+    group = cfg.rollout.group_size
+    assert rollout.completion_ids.shape[0] == len(samples) * group and rollout.group_size == group
+    assert [s.sample_id for s in rollout.samples] == [s.sample_id for s in samples for _ in range(group)]
+    loss = policy_loss(model, rollout, cfg, vision_trains=True)
+    assert torch.isfinite(loss)
+    grouped = rollout.advantages.view(len(samples), group)
+    assert torch.allclose(grouped.mean(dim=1), torch.zeros(len(samples)), atol=1e-4)
+    for key in ("reward", "reward_format", "reward_box", "reward_mask", "kl", "clip_fraction", "completion_length",
+                "parse_failure", "seg_loss"):
+        assert key in rollout.stats
+
+
+def test_one_policy_forward_and_one_vision_pass_per_image(setup, monkeypatch):
+    cfg, model, encoder, samples = setup
+    rollout = generate(model, None, encoder, samples, cfg)
+    calls = {"forward": 0, "vision": 0}
+    forward, vision = model.sequence_forward, model.vision_embeds
+
+    def count_forward(*a, **k):
+        calls["forward"] += 1
+        return forward(*a, **k)
+
+    def count_vision(*a, **k):
+        calls["vision"] += 1
+        return vision(*a, **k)
+
+    monkeypatch.setattr(model, "sequence_forward", count_forward)
+    monkeypatch.setattr(model, "vision_embeds", count_vision)
+    policy_loss(model, rollout, cfg, vision_trains=True).backward()
+    assert calls == {"forward": 1, "vision": len(samples)}  # not len(samples) * group_size
+
+
+def test_kl_is_zero_before_any_update(setup, data_root, tmp_path):
+    """Policy and reference are scored through the same path and positions, so KL starts at 0."""
+    _, model, encoder, samples = setup
+    cfg = config(data_root, tmp_path, "objective.beta=0.04")
+    reference = reference_policy(model, cfg)
+    rollout = generate(model, reference, encoder, samples, cfg)
+    policy_loss(model, rollout, cfg, vision_trains=True)
+    assert rollout.stats["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_second_inner_iteration_uses_the_old_policy(data_root, tmp_path):
+    cfg = config(data_root, tmp_path, "objective.inner_iterations=2", "objective.beta=0.0")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    dataset = training_dataset(cfg.data)
+    rollout = generate(model, None, BatchEncoder(model, 8, False, True), [dataset[0]], cfg)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    policy_loss(model, rollout, cfg, vision_trains=True).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    first_old = rollout.logp_old.clone()
+    policy_loss(model, rollout, cfg, vision_trains=True)
+    assert torch.equal(rollout.logp_old, first_old)
+    assert rollout.stats["ratio"] != pytest.approx(1.0, abs=1e-6)
+
+
+def run(data_root, out, *overrides):
+    args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={out}", "log.progress_bar=false",
+            "log.tensorboard=false", "rollout.max_completion_length=12", "data.eval_limit=0", *overrides]
+    assert grpo_main(args) == 0
+
+
+def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, monkeypatch):
+    common = ("max_steps=4", "checkpoint.every_steps=2", "engine.lr=1e-3")
+    run(data_root, tmp_path / "straight", *common)
+    real_save = CheckpointManager.save
+
+    def crash_after_first_save(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(CheckpointManager, "save", crash_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_root, tmp_path / "resumed", *common)
+    monkeypatch.setattr(CheckpointManager, "save", real_save)
+    run(data_root, tmp_path / "resumed", *common)
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    curve = [r for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in curve] == [2, 4]
+
+
+def test_grpo_under_deepspeed_zero2(data_root, tmp_path):
+    pytest.importorskip("deepspeed")
+    from training.common.distributed import free_port
+
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={tmp_path / 'ds'}", "log.progress_bar=false",
+            "log.tensorboard=false", "max_steps=2", "engine.backend=deepspeed", "engine.zero_stage=2",
+            "rollout.max_completion_length=12", "data.eval_limit=0", "checkpoint.every_steps=2"]
+    proc = subprocess.run([sys.executable, "-m", "training.grpo", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from lens_model.hub import load_model
+
+    load_model(str(tmp_path / "ds"))

@@ -1,0 +1,105 @@
+"""The GRPO training loop: rollouts -> μ policy passes -> optimizer steps, with exact resume."""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from training.common import distributed
+from training.common.checkpoint import CheckpointManager, TrainerState
+from training.common.config import save_config
+from training.common.engine import build_engine
+from training.common.logging import RunLogger
+from training.common.rng import seed_everything
+from training.common.sampler import ResumableSampler
+from training.grpo.config import GRPOConfig
+from training.grpo.rollout import Rollout, generate
+from training.grpo.update import policy_loss
+from training.loop import periodic_eval, trainable_parameters
+from training.stage import BatchEncoder, batches, build_model, export_model, training_dataset
+
+VISION_PREFIX = "reasoner.model.visual."
+
+
+def trains(prefixes: list[str], module_prefix: str) -> bool:
+    """Whether any trainable prefix covers (part of) the module at ``module_prefix``."""
+    return any(p.startswith(module_prefix) or module_prefix.startswith(p) for p in prefixes)
+
+
+def reference_policy(model, cfg: GRPOConfig):
+    """A frozen copy of the starting reasoner for the KL term (None when β = 0)."""
+    if cfg.objective.beta == 0:
+        return None
+    reference = copy.deepcopy(model.reasoner).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def mean_stats(rollouts: list[Rollout]) -> dict[str, float]:
+    keys = rollouts[0].stats.keys()
+    return {k: sum(r.stats[k] for r in rollouts) / len(rollouts) for k in keys}
+
+
+def train(cfg: GRPOConfig) -> None:
+    if cfg.rollout.group_size < 2:
+        raise ValueError("rollout.group_size must be at least 2 (advantages are relative within a group)")
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model)
+    reference = reference_policy(model, cfg)
+    prefixes = list(cfg.trainable)
+    if trains(prefixes, "sam.image_encoder."):
+        raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
+    engine = build_engine(model, trainable_parameters(model, prefixes), cfg.engine, total_steps=cfg.max_steps)
+    if reference is not None:
+        reference.to(engine.device, torch.bfloat16 if cfg.engine.bf16 else model.dtype)
+    model.train()
+    model.sam.image_encoder.eval()
+    vision_trains = trains(prefixes, VISION_PREFIX)
+    encoder = BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
+                           vision_frozen=not vision_trains, sam_encoder_frozen=True)
+    dataset = training_dataset(cfg.data)
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed)
+    checkpoints = CheckpointManager(cfg.output_dir, keep_last=cfg.checkpoint.keep_last)
+    state = checkpoints.resume(engine, cfg.checkpoint.resume) or TrainerState()
+    if state.data is not None:
+        sampler.load_state(state.data)
+    if distributed.is_main():
+        save_config(cfg, cfg.output_dir)
+    logger = RunLogger(cfg.output_dir, cfg.max_steps, start_step=state.global_step, every_steps=cfg.log.every_steps,
+                       tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar, desc="grpo")
+    stream = batches(dataset, sampler, cfg.engine.micro_batch_size, cfg.data.num_workers)
+    every = cfg.checkpoint.every_steps
+    with logger:
+        while state.global_step < cfg.max_steps:
+            start = time.perf_counter()
+            rollouts = [generate(model, reference, encoder, next(stream), cfg) for _ in range(cfg.engine.grad_accum_steps)]
+            rollout_s = time.perf_counter() - start
+            saved_block = state.global_step // every if every else 0
+            for _ in range(cfg.objective.inner_iterations):
+                update_start = time.perf_counter()
+                for rollout in rollouts:
+                    with engine.autocast():
+                        loss = policy_loss(model, rollout, cfg, vision_trains)
+                    engine.backward(loss)
+                    stepped = engine.step()
+                assert stepped, "one optimizer step per pass over the rollout buffer"
+                state.global_step += 1
+                state.data = sampler.state()
+                timing = {"time_rollout_s": rollout_s, "time_update_s": time.perf_counter() - update_start}
+                samples = sum(r.completion_ids.shape[0] for r in rollouts)
+                logger.step(state.global_step, {**mean_stats(rollouts), **timing}, num_samples=samples, lr=engine.lr)
+                rollout_s = 0.0
+                if state.global_step >= cfg.max_steps:
+                    break
+            if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and cfg.data.eval_limit:
+                logger.write(state.global_step, periodic_eval(model, cfg))
+                model.train()
+                model.sam.image_encoder.eval()
+            # Checkpoints only between rollout buffers, so a resumed run never re-samples half a buffer.
+            if every and state.global_step // every > saved_block:
+                checkpoints.save(engine, state, cfg)
+        checkpoints.save(engine, state, cfg)
+        if cfg.data.eval_limit:
+            logger.write(state.global_step, periodic_eval(model, cfg))
+    export_model(model, cfg.output_dir, {"stage": "grpo", "steps": state.global_step, "finished": time.time()})
