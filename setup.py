@@ -45,6 +45,9 @@ setup(
     entry_points={
         "console_scripts": [
             "lens-segment = lens_model.cli:main",
+            "lens_node = lens_ros.lens_node:main",
+            "lens-bag = lens_ros.bag:main",
+            "lens-dds-client = lens_ros.dds_client:main",
         ],
     },
     zip_safe=False,

@@ -19,15 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from lens_ros.dds_client import LensDdsClient
+from lens_ros.transports.dds import LOOPBACK_CYCLONEDDS_URI
 
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = (
-    "<CycloneDDS><Domain id='any'><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto</ParticipantIndex>"
-    "<Peers><Peer address='127.0.0.1'/></Peers></Discovery></Domain></CycloneDDS>"
-)
 
 
 def summary(values_ms: list[float]) -> str:
@@ -47,15 +44,19 @@ def main() -> None:
     parser.add_argument("--rejected", type=int, default=20, help="instantly rejected queries to time")
     parser.add_argument("--size", default="640x480", help="frame WIDTHxHEIGHT")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--image-reliability", choices=("best_effort", "reliable"), default="best_effort",
+                        help="image QoS of the node; best-effort frames above ~1 MB need larger socket buffers "
+                             "(see docs/ros.md), reliable ones are retransmitted")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    os.environ.setdefault("CYCLONEDDS_URI", LOOPBACK)
+    os.environ.setdefault("CYCLONEDDS_URI", LOOPBACK_CYCLONEDDS_URI)
     os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 200))
 
     with tempfile.TemporaryDirectory() as workdir:
         params = Path(workdir) / "params.yaml"
-        params.write_text("/**:\n  ros__parameters:\n    model: {name: tiny-random, max_new_tokens: %d}\n"
-                          "    frames: {max_age_s: 0.0}\n" % args.max_new_tokens)
+        node_params = {"model": {"name": "tiny-random", "max_new_tokens": args.max_new_tokens},
+                       "frames": {"max_age_s": 0.0}, "qos": {"image_reliability": args.image_reliability}}
+        params.write_text(yaml.safe_dump({"/**": {"ros__parameters": node_params}}))
         log_path = Path(workdir) / "node.log"
         with open(log_path, "wb") as log:
             start = time.perf_counter()
@@ -69,12 +70,15 @@ def main() -> None:
                   f"{time.perf_counter() - start:.1f} s")
             frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
             client.send_image(frame)
-            client.ask("warm-up", 120)
+            warm_up = client.ask("warm-up", 120)
+            if warm_up["status"] == "error":
+                sys.exit(f"warm-up failed: {warm_up['error']} (frames this large may need --image-reliability "
+                         "reliable or larger socket buffers, see docs/ros.md)")
 
             model_round_trips, model_totals, node_totals = [], [], []
             for i in range(args.queries):
                 client.send_image(frame)
-                elapsed, result = timed(lambda: client.ask(f"the object number {i}", 120))
+                elapsed, result = timed(lambda text=f"the object number {i}": client.ask(text, 120))
                 assert result["status"] != "error", result
                 model_round_trips.append(elapsed)
                 model_totals.append(result["timings_ms"].get("total", float("nan")))
@@ -85,7 +89,7 @@ def main() -> None:
             node.send_signal(signal.SIGINT)
             node.wait(30)
 
-    print(f"frame {width}x{height}, tiny-random, max_new_tokens {args.max_new_tokens}, CPU")
+    print(f"frame {width}x{height} ({args.image_reliability}), tiny-random, max_new_tokens {args.max_new_tokens}, CPU")
     print(f"query -> result over DDS      : {summary(model_round_trips)}")
     print(f"  of which model (its 'total'): {summary(model_totals)}")
     print(f"  node decode+model (node_total): {summary(node_totals)}")

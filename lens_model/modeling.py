@@ -77,6 +77,33 @@ class LensModel(nn.Module):
         self.context = ContextModule(hidden, config.num_queries, config.connector, collapse=config.prompt_collapse == "conv1d")
         self.sam = sam
 
+    def _apply(self, fn, recurse: bool = True):
+        """Casts (``.to``, ``.bfloat16()``, DeepSpeed's) keep SAM 2's Fourier position matrix in fp32:
+        SAM 2 multiplies fp32 coordinates by it, so a bf16 copy fails (and would lose precision)."""
+        super()._apply(fn, recurse)
+        pe = self.sam.sam_prompt_encoder.pe_layer
+        pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        return self
+
+    def forward(self, step, *args, **kwargs):
+        """Run ``step(self, *args, **kwargs)`` as this module's forward.
+
+        Training stages call ``model(step, ...)`` (or ``engine(step, ...)``) so that engines which act
+        in forward hooks see the whole computation: DeepSpeed ZeRO-3 gathers the parameters listed by
+        :meth:`externally_read_parameters` around it.
+        """
+        return step(self, *args, **kwargs)
+
+    def externally_read_parameters(self) -> list[nn.Parameter]:
+        """Parameters read directly, outside the forward of the module that owns them (ZeRO-3 must
+        be told: ``deepspeed.zero.register_external_parameter``)."""
+        decoder, prompt_encoder = self.sam.sam_mask_decoder, self.sam.sam_prompt_encoder
+        params = [self.context.context_queries, self.sam.no_mem_embed, prompt_encoder.no_mask_embed.weight,
+                  decoder.iou_token.weight, decoder.mask_tokens.weight]
+        if getattr(decoder, "pred_obj_scores", False):
+            params.append(decoder.obj_score_token.weight)
+        return params
+
     # ------------------------------------------------------------------ building blocks
     @property
     def device(self) -> torch.device:

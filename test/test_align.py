@@ -76,8 +76,9 @@ def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, m
         assert torch.equal(straight[key], resumed[key]), key
 
 
-def test_alignment_under_deepspeed_zero2(data_root, tmp_path):
-    """A real `python -m training.align` process on the DeepSpeed engine (ZeRO-2, gloo, one CPU rank)."""
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_alignment_under_deepspeed(data_root, tmp_path, zero_stage):
+    """A real `python -m training.align` process on the DeepSpeed engine (ZeRO-2/3, gloo, one CPU rank)."""
     pytest.importorskip("deepspeed")
     import os
     import subprocess
@@ -88,8 +89,8 @@ def test_alignment_under_deepspeed_zero2(data_root, tmp_path):
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
     args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={tmp_path / 'ds'}", "log.progress_bar=false",
-            "log.tensorboard=false", "max_steps=4", "engine.backend=deepspeed", "engine.zero_stage=2",
-            "checkpoint.every_steps=2", "data.eval_limit=0"]
+            "log.tensorboard=false", "max_steps=4", "engine.backend=deepspeed", f"engine.zero_stage={zero_stage}",
+            "checkpoint.every_steps=2", "data.eval_limit=2"]
     proc = subprocess.run([sys.executable, "-m", "training.align", *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ds" / "model.safetensors").is_file()

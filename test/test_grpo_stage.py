@@ -133,14 +133,15 @@ def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, m
     assert [r["step"] for r in curve] == [2, 4]
 
 
-def test_grpo_under_deepspeed_zero2(data_root, tmp_path):
+def test_grpo_under_deepspeed_zero3_bf16(data_root, tmp_path):
+    """ZeRO-3 partitions parameters; the stage must still reach every one of them (and the reference)."""
     pytest.importorskip("deepspeed")
     from training.common.distributed import free_port
 
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
     args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={tmp_path / 'ds'}", "log.progress_bar=false",
-            "log.tensorboard=false", "max_steps=2", "engine.backend=deepspeed", "engine.zero_stage=2",
+            "log.tensorboard=false", "max_steps=2", "engine.backend=deepspeed", "engine.zero_stage=3", "engine.bf16=true",
             "rollout.max_completion_length=12", "data.eval_limit=0", "checkpoint.every_steps=2"]
     proc = subprocess.run([sys.executable, "-m", "training.grpo", *args], env=env, capture_output=True, text=True,
                           timeout=600)

@@ -96,3 +96,14 @@ def test_clean_variant_uses_all_queries_as_prompts():
     assert prompts.shape == (2, model.config.num_queries, 256)
     result = model.predict(scene(), "the blue rectangle")
     assert result.mask.shape == (96, 128)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"prompt_collapse": "none", "query_positions": "mrope"}])
+def test_bfloat16_inference(overrides):
+    """GPU users run in bf16 ("auto"); SAM 2's position encoding must keep working."""
+    from lens_model.hub import load_model
+
+    model = load_model("tiny-random", dtype="bfloat16", **overrides)
+    assert model.dtype == torch.bfloat16
+    result = model.predict(scene(), "the red square")
+    assert result.mask.shape == (96, 128) and 0.0 <= result.score <= 1.0

@@ -143,12 +143,18 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.init_process_group(distributed.default_backend())
     rank, world = distributed.rank(), distributed.world_size()
+    device = args.device
+    if device == "cuda" and world > 1:  # one GPU per rank
+        device = f"cuda:{distributed.local_rank()}"
+        import torch
+
+        torch.cuda.set_device(device)
     output = Path(args.output or f"eval_{args.dataset}_{args.split or 'all'}.json")
     run = {"model": args.model, "dataset": args.dataset, "split": args.split, "data": str(Path(args.data).resolve()),
            "template": args.template, "max_new_tokens": args.max_new_tokens, "limit": args.limit}
     try:
         dataset = load_dataset(args.dataset, args.data, args.split, per="sentence")
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        model = load_model(args.model, device=device, dtype=args.dtype)
     except (LensError, OSError, ValueError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2

@@ -55,8 +55,8 @@ def periodic_eval(model: LensModel, cfg: StageConfig) -> dict[str, float]:
 
     dataset = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.eval_split, per="sentence")
     model.eval()
-    meter = run_evaluation(model, dataset, SegmentationMeter(), limit=cfg.data.eval_limit,
-                           rank=distributed.rank(), world_size=distributed.world_size(), progress=False)
+    meter = model(run_evaluation, dataset, SegmentationMeter(), limit=cfg.data.eval_limit,  # via forward: ZeRO-3
+                  rank=distributed.rank(), world_size=distributed.world_size(), progress=False)
     merged = SegmentationMeter()
     for shard in distributed.all_gather_object(meter):  # collective: every rank takes part
         merged.merge(shard)
@@ -66,11 +66,13 @@ def periodic_eval(model: LensModel, cfg: StageConfig) -> dict[str, float]:
 
 def set_train_modes(model: LensModel) -> None:
     """Train mode, except for a fully frozen SAM 2 or reasoner, which stays in eval mode (the authors'
-    frozen SAM 2 uses the eval-mode multimask fallback)."""
+    frozen SAM 2 uses the eval-mode multimask fallback). A frozen reasoner with gradient checkpointing
+    stays in train mode: Hugging Face only checkpoints in train mode, and Qwen2.5-VL has no dropout."""
     model.train()
-    for name, module in (("sam.", model.sam), ("reasoner.", model.reasoner)):
-        if is_frozen(model, name):
-            module.eval()
+    if is_frozen(model, "sam."):
+        model.sam.eval()
+    if is_frozen(model, "reasoner.") and not model.reasoner.is_gradient_checkpointing:
+        model.reasoner.eval()
 
 
 def run_supervised(
@@ -111,7 +113,7 @@ def run_supervised(
         while state.global_step < cfg.max_steps:
             samples = next(stream)
             with engine.autocast():
-                loss, metrics = step(model, encoder, samples)
+                loss, metrics = engine(step, encoder, samples)  # through the model's forward (ZeRO-3 hooks)
             engine.backward(loss)
             for key, value in metrics.items():
                 step_metrics[key] = step_metrics.get(key, 0.0) + value / cfg.engine.grad_accum_steps

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import MISSING
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from lens_model import sam_head
 from lens_model.answer_format import format_answer, to_reasoner_frame
@@ -52,6 +52,9 @@ class ModelSection:
 @dataclass
 class DataSection:
     dataset: str = "synthetic"
+    # Further datasets (same root and split) mixed into training, e.g. [refcoco+, refcocog];
+    # evaluation uses ``dataset`` only.
+    mix: list[str] = field(default_factory=list)
     root: str = MISSING
     split: str = "train"
     eval_split: str = "val"
@@ -95,8 +98,10 @@ def build_model(section: ModelSection) -> LensModel:
 
 def training_dataset(data: DataSection):
     """One sample per target with a random expression, drawn from the global ``random`` module, whose
-    state every checkpoint saves, so a resumed run draws the same expressions."""
-    return load_dataset(data.dataset, data.root, data.split, per="ref")
+    state every checkpoint saves, so a resumed run draws the same expressions. ``data.mix`` adds
+    further datasets (the three RefCOCO datasets share COCO image ids, so per-image caches stay valid)."""
+    parts = [load_dataset(name, data.root, data.split, per="ref") for name in (data.dataset, *data.mix)]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def batches(dataset, sampler: ResumableSampler, batch_size: int, num_workers: int) -> Iterator[list[Sample]]:

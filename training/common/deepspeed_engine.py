@@ -77,6 +77,10 @@ class DeepSpeedEngine(Engine):
         )
         self.module = self._ds.module
         self._zero3 = self._ds.zero_optimization_stage() == 3
+        if self._zero3:
+            # Parameters read outside their owner's forward are gathered around the model's forward.
+            for param in getattr(self.module, "externally_read_parameters", list)():
+                deepspeed.zero.register_external_parameter(self.module, param)
 
     @property
     def device(self) -> torch.device:

@@ -73,14 +73,15 @@ def train(cfg: GRPOConfig) -> None:
     with logger:
         while state.global_step < cfg.max_steps:
             start = time.perf_counter()
-            rollouts = [generate(model, reference, encoder, next(stream), cfg) for _ in range(cfg.engine.grad_accum_steps)]
+            # Both go through the model's forward, where ZeRO-3 gathers the directly read parameters.
+            rollouts = [model(generate, reference, encoder, next(stream), cfg) for _ in range(cfg.engine.grad_accum_steps)]
             rollout_s = time.perf_counter() - start
             saved_block = state.global_step // every if every else 0
             for _ in range(cfg.objective.inner_iterations):
                 update_start = time.perf_counter()
                 for rollout in rollouts:
                     with engine.autocast():
-                        loss = policy_loss(model, rollout, cfg, vision_trains)
+                        loss = engine(policy_loss, rollout, cfg, vision_trains)
                     engine.backward(loss)
                     stepped = engine.step()
                 assert stepped, "one optimizer step per pass over the rollout buffer"

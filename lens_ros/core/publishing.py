@@ -1,0 +1,93 @@
+"""Turns a QueryOutcome into output messages and hands them to the transport's sink."""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lens_ros.core import messages
+from lens_ros.core.image_codec import encode_image, mask_to_mono8
+from lens_ros.core.outcome import ERROR, QueryOutcome
+from lens_ros.core.overlay import draw_overlay
+
+log = logging.getLogger(__name__)
+
+
+class Output(str, enum.Enum):
+    MASK = "mask"
+    DETECTIONS = "detections"
+    REASONING = "reasoning"
+    RESULT = "result"
+    DEBUG_IMAGE = "debug_image"
+    DIAGNOSTICS = "diagnostics"
+
+
+Sink = Callable[[Output, Any], None]
+
+
+class RateLimiter:
+    """Allows at most one event per ``1 / max_rate_hz`` seconds of the given clock."""
+
+    def __init__(self, max_rate_hz: float, clock: Callable[[], float]) -> None:
+        self._period = 1.0 / max_rate_hz
+        self._clock = clock
+        self._last: float | None = None
+
+    def allow(self) -> bool:
+        now = self._clock()
+        if self._last is not None and now - self._last < self._period:
+            return False
+        self._last = now
+        return True
+
+
+class OutcomePublisher:
+    """Publishes one outcome: for ``ok`` and ``no_box`` the mask, detections, reasoning and
+    (rate-limited, if enabled) debug image, all stamped with the frame's header, then always the
+    JSON result last, so a consumer that sees the result has already been sent the rest.
+
+    Called from the worker and from the query callback (for queue evictions), hence the lock.
+    """
+
+    def __init__(self, kit: Any, sink: Sink, debug_limiter: RateLimiter | None) -> None:
+        self._kit = kit
+        self._sink = sink
+        self._debug_limiter = debug_limiter
+        self._lock = threading.Lock()
+
+    def publish(self, outcome: QueryOutcome, rgb: np.ndarray | None = None) -> QueryOutcome:
+        """Publish and return the outcome actually published (an error one if outputs could not be built)."""
+        with self._lock:
+            try:
+                frame_outputs = self._frame_outputs(outcome, rgb)
+                result_json = outcome.to_json()
+            except Exception as exc:  # a malformed model result must still yield exactly one result
+                log.exception("cannot build outputs for query %d", outcome.query_id)
+                outcome = QueryOutcome.failure(
+                    outcome.query_id, outcome.query, f"cannot build output messages: {type(exc).__name__}: {exc}",
+                    frame=outcome.frame, frame_age_s=outcome.frame_age_s)
+                frame_outputs = []
+                result_json = outcome.to_json()
+            for output, msg in frame_outputs:
+                self._sink(output, msg)
+            self._sink(Output.RESULT, messages.string(self._kit, result_json))
+            return outcome
+
+    def _frame_outputs(self, outcome: QueryOutcome, rgb: np.ndarray | None) -> list[tuple[Output, Any]]:
+        if outcome.status == ERROR or outcome.result is None or outcome.frame is None:
+            return []
+        kit, result = self._kit, outcome.result
+        hdr = messages.header(kit, outcome.frame.stamp, outcome.frame.frame_id)
+        outputs = [
+            (Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8"))),
+            (Output.DETECTIONS, messages.detections(kit, hdr, outcome)),
+            (Output.REASONING, messages.string(kit, result.reasoning)),
+        ]
+        if rgb is not None and self._debug_limiter is not None and self._debug_limiter.allow():
+            overlay = draw_overlay(rgb, result, outcome.query)
+            outputs.append((Output.DEBUG_IMAGE, messages.image(kit, hdr, encode_image(overlay, "rgb8"))))
+        return outputs

@@ -1,0 +1,114 @@
+"""Queries: validation of the text and the bounded queue in front of the inference worker."""
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from dataclasses import dataclass
+
+from lens_model.errors import InputError
+
+DROP_OLDEST = "drop_oldest"
+REJECT_NEW = "reject_new"
+
+
+@dataclass(frozen=True)
+class Query:
+    id: int
+    text: str
+    received_s: float
+
+
+def decode_query(data: str | bytes, max_length: int) -> str:
+    """The query text, or InputError for empty, oversized or non-UTF-8 input.
+
+    rclpy decodes strings with ``errors="replace"``, so invalid UTF-8 reaches us as U+FFFD;
+    the DDS transport passes the raw bytes.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"query is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    else:
+        text = data
+        if "\ufffd" in text:
+            raise InputError("query is not valid UTF-8 (it contains U+FFFD replacement characters)")
+    text = text.strip()
+    if not text:
+        raise InputError("query is empty")
+    if len(text) > max_length:
+        raise InputError(f"query is {len(text)} characters long; the limit is {max_length} (queries.max_length)")
+    return text
+
+
+def printable_query(data: str | bytes) -> str:
+    """Best-effort text of a query for the error result, whatever its encoding."""
+    return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+
+
+class QueryIds:
+    """Thread-safe sequence of query ids (1, 2, ...) for one node run."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            return next(self._counter)
+
+
+class QueueClosed(Exception):
+    """The queue no longer accepts queries because the node is deactivating."""
+
+
+class QueryQueue:
+    """Bounded FIFO between the query subscription and the worker.
+
+    When full, ``drop_oldest`` evicts the oldest waiting query (a robot usually cares about the
+    latest command) and ``reject_new`` refuses the new one. Either way ``put`` returns the query
+    that lost its place, so the caller can answer it with an error result.
+    """
+
+    def __init__(self, capacity: int, policy: str) -> None:
+        if policy not in (DROP_OLDEST, REJECT_NEW):
+            raise ValueError(f"unknown queue policy {policy!r}")
+        self.capacity = capacity
+        self.policy = policy
+        self._items: collections.deque[Query] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, query: Query) -> Query | None:
+        with self._ready:
+            if self._closed:
+                raise QueueClosed
+            loser = None
+            if len(self._items) >= self.capacity:
+                if self.policy == REJECT_NEW:
+                    return query
+                loser = self._items.popleft()
+            self._items.append(query)
+            self._ready.notify()
+            return loser
+
+    def get(self, timeout_s: float) -> Query | None:
+        """The oldest query, or None after ``timeout_s`` or once the queue is closed and empty."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._items or self._closed, timeout=timeout_s)
+            return self._items.popleft() if self._items else None
+
+    def close(self) -> list[Query]:
+        """Refuse further queries and hand back those still waiting."""
+        with self._ready:
+            self._closed = True
+            left = list(self._items)
+            self._items.clear()
+            self._ready.notify_all()
+            return left
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._items)

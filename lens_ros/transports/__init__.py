@@ -1,0 +1,1 @@
+"""Adapters that connect ``lens_ros.core.service.LensService`` to a middleware."""

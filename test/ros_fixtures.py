@@ -1,0 +1,141 @@
+"""Helpers shared by the test_ros_* tests: a deterministic segmenter double, message builders, DDS setup."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lens_model.result import SegmentationResult
+from lens_ros.core import messages
+from lens_ros.core.frames import Stamp
+from lens_ros.core.image_codec import encode_image
+from lens_ros.core.params import LensParams
+from lens_ros.core.publishing import Output
+from lens_ros.core.service import LensService
+from lens_ros.msgs.rosbags_types import lens_typestore, rosbags_kit
+
+TYPESTORE = lens_typestore()
+KIT = rosbags_kit(TYPESTORE)
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, which the node recognises by name."""
+
+
+class FakeSegmenter:
+    """Test double: the box is the top-left quarter of the image, the mask that box, label "thing".
+
+    ``behaviour`` may be "ok", "no_box", "raise", "oom" or "bad_mask"; ``gate`` (if set) makes
+    predict wait until it is set, to hold the worker busy.
+    """
+
+    def __init__(self, behaviour: str = "ok", gate: threading.Event | None = None) -> None:
+        self.behaviour = behaviour
+        self.gate = gate
+        self.calls: list[tuple[tuple[int, ...], str, str | None, int | None]] = []
+        self.images: list[np.ndarray] = []
+        self.started = threading.Event()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "fake", "device": "cpu", "dtype": "float32", "random_weights": False}
+
+    def predict(self, image_rgb: np.ndarray, query: str, *, template: str | None = None,
+                max_new_tokens: int | None = None) -> SegmentationResult:
+        self.calls.append((image_rgb.shape, query, template, max_new_tokens))
+        self.images.append(image_rgb.copy())
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        if self.behaviour == "raise":
+            raise RuntimeError("boom inside the model")
+        if self.behaviour == "oom":
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        height, width = image_rgb.shape[:2]
+        mask = np.zeros((height, width), dtype=bool)
+        if self.behaviour == "bad_mask":
+            mask = np.zeros((height + 1, width), dtype=bool)
+        if self.behaviour == "no_box":
+            return SegmentationResult(query, mask, None, "no box in answer", None, 0.0, "hmm", "nothing",
+                                      {"generate": 1.0})
+        mask[: height // 2, : width // 2] = True
+        box = (0.0, 0.0, width / 2.0, height / 2.0)
+        return SegmentationResult(query, mask, box, "ok", "thing", 0.75, "it is there", "<answer>[...]</answer>",
+                                  {"generate": 2.0, "mask_decoder": 1.0})
+
+
+class ManualClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingSink:
+    """Collects (output, message) pairs as a transport would publish them."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[Output, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, output: Output, msg: Any) -> None:
+        with self._lock:
+            self.published.append((output, msg))
+
+    def of(self, output: Output) -> list[Any]:
+        with self._lock:
+            return [msg for out, msg in self.published if out is output]
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(msg.data) for msg in self.of(Output.RESULT)]
+
+    def wait_for_results(self, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.of(Output.RESULT)) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.results()
+
+
+def make_service(segmenter: FakeSegmenter, clock: ManualClock, sink: RecordingSink, *, synchronous: bool = False,
+                 **overrides: Any) -> LensService:
+    params = LensParams.from_ros({**{"model.name": "fake"}, **overrides})
+    return LensService(params, KIT, sink, clock, image_source="/camera/image_raw",
+                       load=lambda name, device, dtype: segmenter, synchronous=synchronous)
+
+
+def image_msg(pixels: np.ndarray, encoding: str, stamp_s: float, frame_id: str = "camera", kit: Any = KIT) -> Any:
+    hdr = messages.header(kit, Stamp.from_seconds(stamp_s), frame_id)
+    return messages.image(kit, hdr, encode_image(pixels, encoding))
+
+
+def raw_image_msg(kit: Any, *, height: int, width: int, encoding: str, step: int, data: bytes,
+                  stamp_s: float = 1000.0) -> Any:
+    """An Image with arbitrary (possibly inconsistent) fields, for bad-input tests."""
+    hdr = messages.header(kit, Stamp.from_seconds(stamp_s), "camera")
+    return kit.Image(header=hdr, height=height, width=width, encoding=encoding, is_bigendian=0, step=step,
+                     data=kit.uint8_sequence(data))
+
+
+def pattern_image(height: int = 48, width: int = 64) -> np.ndarray:
+    """An RGB image whose pixels all differ, so channel swaps and row shifts show up."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 4) % 256, (y * 5) % 256, (x + y * 3) % 256], axis=-1).astype(np.uint8)
+
+
+def unique_domain_id() -> int:
+    """A DDS domain for this test run, so parallel runs on one host do not hear each other."""
+    return 10 + os.getpid() % 200
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
