@@ -26,7 +26,7 @@ from lens_model.errors import LensError
 from lens_ros.core.names import resolve_topic
 from lens_ros.core.outcome import ERROR, NO_BOX, OK
 from lens_ros.core.params import LensParams, ParameterError, command_line_overrides, read_params_file
-from lens_ros.core.publishing import Output
+from lens_ros.core.publishing import OUTPUT_TYPES, Output, output_topics
 from lens_ros.core.segmenter import load_segmenter
 from lens_ros.core.service import LensService, Loader
 from lens_ros.msgs.rosbags_types import lens_typestore, rosbags_kit
@@ -36,14 +36,6 @@ log = logging.getLogger("lens_bag")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 STRING = "std_msgs/msg/String"
-OUTPUT_TYPES = {
-    Output.MASK: IMAGE,
-    Output.DETECTIONS: "vision_msgs/msg/Detection2DArray",
-    Output.REASONING: STRING,
-    Output.RESULT: STRING,
-    Output.DEBUG_IMAGE: IMAGE,
-    Output.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
-}
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 
@@ -67,16 +59,7 @@ class OutputTopics:
 
     @classmethod
     def from_params(cls, params: LensParams, namespace: str, node_name: str) -> OutputTopics:
-        raw = {
-            Output.MASK: params.mask_topic,
-            Output.DETECTIONS: params.detections_topic,
-            Output.REASONING: params.reasoning_topic,
-            Output.RESULT: params.result_topic,
-            Output.DIAGNOSTICS: params.diagnostics_topic,
-        }
-        if params.debug_image:
-            raw[Output.DEBUG_IMAGE] = params.debug_image_topic
-        return cls({out: resolve_topic(name, namespace, node_name) for out, name in raw.items()})
+        return cls({out: resolve_topic(name, namespace, node_name) for out, name in output_topics(params).items()})
 
 
 class BagSink:

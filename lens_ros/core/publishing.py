@@ -28,6 +28,35 @@ class Output(str, enum.Enum):
 
 Sink = Callable[[Output, Any], None]
 
+# The ROS 2 message type of each output.
+OUTPUT_TYPES = {
+    Output.MASK: "sensor_msgs/msg/Image",
+    Output.DETECTIONS: "vision_msgs/msg/Detection2DArray",
+    Output.REASONING: "std_msgs/msg/String",
+    Output.RESULT: "std_msgs/msg/String",
+    Output.DEBUG_IMAGE: "sensor_msgs/msg/Image",
+    Output.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
+}
+
+
+def output_topics(params: Any) -> dict[Output, str]:
+    """The (unresolved) topic name of every enabled output; the debug image only when switched on."""
+    names = {
+        Output.MASK: params.mask_topic,
+        Output.DETECTIONS: params.detections_topic,
+        Output.REASONING: params.reasoning_topic,
+        Output.RESULT: params.result_topic,
+        Output.DIAGNOSTICS: params.diagnostics_topic,
+    }
+    if params.debug_image:
+        names[Output.DEBUG_IMAGE] = params.debug_image_topic
+    return names
+
+
+def message_class_name(output: Output) -> str:
+    """``Image`` for ``sensor_msgs/msg/Image``: the class name transports look the type up by."""
+    return OUTPUT_TYPES[output].rsplit("/", 1)[1]
+
 
 class RateLimiter:
     """Allows at most one event per ``1 / max_rate_hz`` seconds of the given clock."""

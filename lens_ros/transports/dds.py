@@ -26,7 +26,7 @@ from cyclonedds.util import duration
 
 from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError
-from lens_ros.core.publishing import Output
+from lens_ros.core.publishing import Output, message_class_name, output_topics
 from lens_ros.core.segmenter import load_segmenter
 from lens_ros.core.service import LensService, Loader
 from lens_ros.msgs import idl
@@ -98,15 +98,7 @@ class DdsNode:
         self._node_name = node_name
         self._participant = DomainParticipant(domain_id_from_env() if domain_id is None else domain_id)
         output_qos = ros_qos(params.output_reliability, params.output_depth)
-        outputs = {
-            Output.MASK: (params.mask_topic, idl.Image),
-            Output.DETECTIONS: (params.detections_topic, idl.Detection2DArray),
-            Output.REASONING: (params.reasoning_topic, idl.String),
-            Output.RESULT: (params.result_topic, idl.String),
-            Output.DIAGNOSTICS: (params.diagnostics_topic, idl.DiagnosticArray),
-        }
-        if params.debug_image:
-            outputs[Output.DEBUG_IMAGE] = (params.debug_image_topic, idl.Image)
+        outputs = {out: (name, getattr(idl, message_class_name(out))) for out, name in output_topics(params).items()}
         self._writers = {
             output: DataWriter(self._participant, self._topic(name, msg_type), qos=output_qos)
             for output, (name, msg_type) in outputs.items()

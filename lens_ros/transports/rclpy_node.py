@@ -24,7 +24,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from lens_ros.core.message_kit import MessageKit
 from lens_ros.core.names import resolve_topic
 from lens_ros.core.params import LensParams, parameter_specs
-from lens_ros.core.publishing import Output
+from lens_ros.core.publishing import Output, message_class_name, output_topics
 from lens_ros.core.segmenter import load_segmenter
 from lens_ros.core.service import LensService, Loader
 
@@ -118,16 +118,8 @@ class LensLifecycleNode(LifecycleNode):
         image_source = resolve_topic(params.image_topic, self.get_namespace(), self.get_name())
         qos = qos_profile(params.output_reliability, params.output_depth)
         k = self._lens_kit
-        outputs = {
-            Output.MASK: (k.Image, params.mask_topic),
-            Output.DETECTIONS: (k.Detection2DArray, params.detections_topic),
-            Output.REASONING: (k.String, params.reasoning_topic),
-            Output.RESULT: (k.String, params.result_topic),
-            Output.DIAGNOSTICS: (k.DiagnosticArray, params.diagnostics_topic),
-        }
-        if params.debug_image:
-            outputs[Output.DEBUG_IMAGE] = (k.Image, params.debug_image_topic)
-        for output, (msg_type, name) in outputs.items():
+        for output, name in output_topics(params).items():
+            msg_type = getattr(k, message_class_name(output))
             self._lens_outputs[output] = self.create_lifecycle_publisher(msg_type, name, qos)
         self._lens = LensService(
             params, k, self._lens_publish, self._lens_now, image_source=image_source,
