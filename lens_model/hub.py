@@ -155,13 +155,13 @@ def assemble(config: LensConfig, processor: ReasonerProcessor) -> LensModel:
     return LensModel(config, model_cls(reasoner_cfg), processor, sam_head.build_sam2(config.sam2_model_config))
 
 
-def save_model(model: LensModel, directory: str | Path) -> None:
-    """Write config.json, the processor files and model.safetensors (sharded above 5 GB)."""
+def save_model(model: LensModel, directory: str | Path, max_shard_size: str = "5GB") -> None:
+    """Write config.json, the processor files and model.safetensors (sharded above ``max_shard_size``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.reasoner_config = model.reasoner.config.to_dict()
     state = {k: v for k, v in model.state_dict().items() if not _is_tied_head(model, k)}
-    save_state_dict(state, directory)
+    save_state_dict(state, directory, max_shard_size=max_shard_size)
     model.processor.save(directory)
     model.config.save(directory)
 

@@ -334,7 +334,7 @@ class LensModel(nn.Module):
 
         return load_model(name_or_path, device=device, dtype=dtype, **overrides)
 
-    def save_pretrained(self, directory: str) -> None:
+    def save_pretrained(self, directory: str, max_shard_size: str = "5GB") -> None:
         from lens_model.hub import save_model
 
-        save_model(self, directory)
+        save_model(self, directory, max_shard_size=max_shard_size)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from huggingface_hub import save_torch_state_dict
 from safetensors import SafetensorError, safe_open
+from tqdm import tqdm
 
 from lens_model.errors import CheckpointFormatError
 
@@ -49,7 +51,9 @@ def checkpoint_keys(directory: str | Path) -> list[str]:
 
 
 def iter_tensors(directory: str | Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-    for path in weight_files(directory):
+    files = weight_files(directory)
+    # Sharded checkpoints are the multi-GB ones: show progress while they load.
+    for path in tqdm(files, desc="loading weights", unit="shard", disable=len(files) < 2, file=sys.stderr):
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
                 for key in handle.keys():

@@ -1,13 +1,8 @@
 """The GRPO stage: rollouts, the single policy pass, KL consistency, inner iterations, resume, DeepSpeed."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from training.common.checkpoint import CheckpointManager
+from stage_fixtures import QUIET, assert_exact_resume, run_stage_process, synthetic_data
 from training.common.config import load_config
 from training.common.logging import read_metrics
 from training.grpo.__main__ import main as grpo_main
@@ -16,16 +11,13 @@ from training.grpo.rollout import generate
 from training.grpo.trainer import reference_policy
 from training.grpo.update import policy_loss
 from training.stage import BatchEncoder, build_model, training_dataset
-from training.synthetic import main as synthetic_main
 
 CONFIG = "training/configs/grpo_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn")
-    synthetic_main(["--out", str(root), "--images", "8", "--seed", "7", "--size", "112"])
-    return root
+    return synthetic_data(tmp_path_factory.mktemp("syn"), images=8, seed=7, size=112)
 
 
 def config(data_root, tmp_path, *overrides):
@@ -105,30 +97,10 @@ def test_second_inner_iteration_uses_the_old_policy(data_root, tmp_path):
     assert rollout.stats["ratio"] != pytest.approx(1.0, abs=1e-6)
 
 
-def run(data_root, out, *overrides):
-    args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={out}", "log.progress_bar=false",
-            "log.tensorboard=false", "rollout.max_completion_length=12", "data.eval_limit=0", *overrides]
-    assert grpo_main(args) == 0
-
-
 def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, monkeypatch):
-    common = ("max_steps=4", "checkpoint.every_steps=2", "engine.lr=1e-3")
-    run(data_root, tmp_path / "straight", *common)
-    real_save = CheckpointManager.save
-
-    def crash_after_first_save(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(CheckpointManager, "save", crash_after_first_save)
-    with pytest.raises(KeyboardInterrupt):
-        run(data_root, tmp_path / "resumed", *common)
-    monkeypatch.setattr(CheckpointManager, "save", real_save)
-    run(data_root, tmp_path / "resumed", *common)
-    straight = load_file(tmp_path / "straight" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    assert_exact_resume(grpo_main, CONFIG, data_root, tmp_path, monkeypatch,
+                        ("max_steps=4", "checkpoint.every_steps=2", "engine.lr=1e-3", "data.eval_limit=0",
+                         "rollout.max_completion_length=12"))
     curve = [r for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in curve] == [2, 4]
 
@@ -136,16 +108,10 @@ def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, m
 def test_grpo_under_deepspeed_zero3_bf16(data_root, tmp_path):
     """ZeRO-3 partitions parameters; the stage must still reach every one of them (and the reference)."""
     pytest.importorskip("deepspeed")
-    from training.common.distributed import free_port
-
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
-    args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={tmp_path / 'ds'}", "log.progress_bar=false",
-            "log.tensorboard=false", "max_steps=2", "engine.backend=deepspeed", "engine.zero_stage=3", "engine.bf16=true",
-            "rollout.max_completion_length=12", "data.eval_limit=0", "checkpoint.every_steps=2"]
-    proc = subprocess.run([sys.executable, "-m", "training.grpo", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_stage_process("training.grpo", [
+        "--config", CONFIG, f"data.root={data_root}", f"output_dir={tmp_path / 'ds'}", *QUIET, "max_steps=2",
+        "engine.backend=deepspeed", "engine.zero_stage=3", "engine.bf16=true", "rollout.max_completion_length=12",
+        "data.eval_limit=0", "checkpoint.every_steps=2"])
     from lens_model.hub import load_model
 
     load_model(str(tmp_path / "ds"))

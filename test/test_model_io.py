@@ -124,3 +124,27 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
         pytest.skip("CUDA present")
     with pytest.raises(LensError, match="CUDA is not available"):
         load_model("tiny-random", device="cuda")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"prompt_collapse": "none", "query_positions": "mrope"}])
+def test_qwen2_vl_reasoner_predicts_and_round_trips(tmp_path, overrides):
+    from model_fixtures import tiny_qwen2_vl_model
+
+    model = tiny_qwen2_vl_model(**overrides)
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = load_model(str(tmp_path / "m"))
+    assert type(loaded.reasoner).__name__ == "Qwen2VLForConditionalGeneration"
+    _same_outputs(model, loaded)
+
+
+def test_sharded_checkpoint_round_trip(tmp_path, capsys):
+    model = tiny_model()
+    model.save_pretrained(str(tmp_path / "m"), max_shard_size="2MB")
+    shards = sorted(p.name for p in (tmp_path / "m").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "m" / "model.safetensors.index.json").is_file()
+    loaded = load_model(str(tmp_path / "m"))
+    _same_parameters(model, loaded)
+    assert "loading weights" in capsys.readouterr().err
+    (tmp_path / "m" / shards[0]).unlink()
+    with pytest.raises(CheckpointFormatError, match="missing"):
+        load_model(str(tmp_path / "m"))

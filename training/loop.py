@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils.data import Dataset
 
 from lens_model.modeling import LensModel
 from training.common import distributed
@@ -71,7 +72,7 @@ def set_train_modes(model: LensModel) -> None:
     model.train()
     if is_frozen(model, "sam."):
         model.sam.eval()
-    if is_frozen(model, "reasoner.") and not model.reasoner.is_gradient_checkpointing:
+    if is_frozen(model, "reasoner.") and not model.reasoner.is_activation_checkpointing:
         model.reasoner.eval()
 
 
@@ -83,20 +84,22 @@ def run_supervised(
     step: StepFn,
     evaluate: EvalFn = periodic_eval,
     before_export: Callable[[LensModel], None] | None = None,
+    dataset: Dataset | None = None,
 ) -> TrainerState:
     """Train ``params`` of ``model`` for ``cfg.max_steps`` optimizer steps, resuming from the latest
     checkpoint under ``cfg.output_dir`` if there is one, then evaluate and export the model there.
 
     Call ``seed_everything(cfg.seed)`` before building the model. ``evaluate`` runs every
     ``cfg.eval_every_steps`` and at the end (unless ``data.eval_limit`` is 0). ``before_export`` runs
-    on the trained model just before it is written (e.g. to merge adapters).
+    on the trained model just before it is written (e.g. to merge adapters). ``dataset`` replaces the
+    default one sample per target of ``cfg.data`` (``step`` then receives its items).
     """
     engine = build_engine(model, params, cfg.engine, total_steps=cfg.max_steps)
     set_train_modes(model)
     encoder = BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
                            vision_frozen=is_frozen(model, "reasoner.model.visual."),
                            sam_encoder_frozen=is_frozen(model, "sam.image_encoder."))
-    dataset = training_dataset(cfg.data)
+    dataset = dataset if dataset is not None else training_dataset(cfg.data)
     sampler = ResumableSampler(len(dataset), seed=cfg.seed)
     checkpoints = CheckpointManager(cfg.output_dir, keep_last=cfg.checkpoint.keep_last)
     state = checkpoints.resume(engine, cfg.checkpoint.resume) or TrainerState()
