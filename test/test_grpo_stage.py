@@ -115,3 +115,20 @@ def test_grpo_under_deepspeed_zero3_bf16(data_root, tmp_path):
     from lens_model.hub import load_model
 
     load_model(str(tmp_path / "ds"))
+
+
+def test_lora_adapters_train_and_merge_into_a_plain_checkpoint(data_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from lens_model.hub import build_tiny_random, load_model
+    from stage_fixtures import run_stage
+
+    run_stage(grpo_main, CONFIG, data_root, tmp_path / "out", "max_steps=2", "lora.rank=4", "engine.lr=1e-2",
+              "rollout.max_completion_length=12", "data.eval_limit=0")
+    trained = load_file(tmp_path / "out" / "model.safetensors")
+    start = build_tiny_random().state_dict()
+    assert trained.keys() == {k for k in start if k != "reasoner.lm_head.weight"}  # no adapter keys left
+    changed = {k for k in trained if not torch.equal(trained[k], start[k])}
+    assert any(k.startswith("reasoner.model.language_model.layers.") for k in changed)
+    assert not any(k.startswith(("reasoner.model.visual.", "sam.image_encoder.")) for k in changed)
+    load_model(str(tmp_path / "out"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.lora import LoraSection
 from training.losses import MaskLossWeights
 from training.stage import StageConfig
 
@@ -41,6 +42,7 @@ class GRPOConfig(StageConfig):
     trainable: list[str] = field(default_factory=lambda: [
         "reasoner.", "context.", "sam.sam_prompt_encoder.", "sam.sam_mask_decoder.",
     ])
+    lora: LoraSection = field(default_factory=LoraSection)  # rank > 0: the reasoner learns through adapters
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -17,6 +17,7 @@ from training.grpo.config import GRPOConfig
 from training.grpo.rollout import Rollout, generate
 from training.grpo.update import policy_loss
 from training.loop import periodic_eval, trainable_parameters
+from training.lora import apply_lora, lora_trainable, merge_lora
 from training.stage import BatchEncoder, batches, build_model, export_model, training_dataset
 
 VISION_PREFIX = "reasoner.model.visual."
@@ -50,7 +51,12 @@ def train(cfg: GRPOConfig) -> None:
     prefixes = list(cfg.trainable)
     if trains(prefixes, "sam.image_encoder."):
         raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
-    engine = build_engine(model, trainable_parameters(model, prefixes), cfg.engine, total_steps=cfg.max_steps)
+    if cfg.lora.rank > 0:
+        apply_lora(model, cfg.lora)  # after the reference copy, which keeps the plain starting weights
+        params = lora_trainable(model, prefixes)
+    else:
+        params = trainable_parameters(model, prefixes)
+    engine = build_engine(model, params, cfg.engine, total_steps=cfg.max_steps)
     if reference is not None:
         reference.to(engine.device, torch.bfloat16 if cfg.engine.bf16 else model.dtype)
     model.train()
@@ -103,4 +109,6 @@ def train(cfg: GRPOConfig) -> None:
         checkpoints.save(engine, state, cfg)
         if cfg.data.eval_limit:
             logger.write(state.global_step, periodic_eval(model, cfg))
+    if cfg.lora.rank > 0:
+        merge_lora(model)
     export_model(model, cfg.output_dir, {"stage": "grpo", "steps": state.global_step, "finished": time.time()})

@@ -1,0 +1,58 @@
+"""Optional LoRA adapters (peft) on the reasoner's language model, merged back before export.
+
+Adapters are injected in place (``peft.inject_adapter_in_model``), so the model keeps its own module
+tree and every stage helper keeps working; the exported model is a plain LENS checkpoint with the
+adapters merged into the weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lens_model.modeling import LensModel
+
+LORA_MARK = ".lora_"
+
+
+@dataclass
+class LoraSection:
+    rank: int = 0  # 0: no adapters (the ``trainable`` prefixes train full weights)
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    ])
+
+
+def apply_lora(model: LensModel, section: LoraSection) -> None:
+    """Inject adapters into ``model.reasoner.model.language_model`` (the vision tower keeps its weights)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=section.rank, lora_alpha=section.alpha, lora_dropout=section.dropout,
+                        target_modules=list(section.target_modules), bias="none")
+    inject_adapter_in_model(config, model.reasoner.model.language_model)
+
+
+def lora_trainable(model: LensModel, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """With adapters, the reasoner learns only through them; other ``prefixes`` train as usual."""
+    chosen = []
+    for name, param in model.named_parameters():
+        if LORA_MARK in name:
+            chosen.append(param)
+        elif name.startswith(tuple(prefixes)) and not name.startswith("reasoner."):
+            chosen.append(param)
+    if not chosen:
+        raise ValueError("no LoRA adapters and no other trainable parameters")
+    return chosen
+
+
+def merge_lora(model: LensModel) -> None:
+    """Fold every adapter into its base layer and put the plain layer back in the module tree."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.get_base_layer())
