@@ -221,27 +221,32 @@ class LensModel(nn.Module):
         completion_attention: torch.Tensor,
         with_logprobs: bool,
         reasoner: nn.Module | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """One forward of prompt + completion + queries.
+        with_query_states: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Forward of prompt + completion + queries: completion log-probs (B, T) and query states (B, M, C).
 
-        Returns the per-token log-probabilities of the completion (B, T) (or ``None``) and the query
-        states (B, M, C). Uses the configured position scheme. ``reasoner`` (default: the model's own)
-        lets a frozen reference policy be scored through exactly the same path.
+        Log-probs always use M-RoPE positions, the positions generation samples under, so SFT trains
+        and GRPO scores the very distribution that generates. The query states use the configured
+        scheme: with ``"mrope"`` one forward gives both; with the released ``"sequential"`` scheme a
+        second, query-only pass is needed. ``reasoner`` (default: the model's own) lets a frozen
+        reference policy be scored through the same path.
         """
         reasoner = reasoner if reasoner is not None else self.reasoner
-        out = full_query_pass(
-            reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), completion_ids, completion_attention,
-            self.context.context_queries, self.processor.pad_token_id,
-            self.config.query_positions, return_sequence_hidden=with_logprobs,
-        )
-        if not with_logprobs:
-            return None, out.query_states
-        prompt_len = prompts.input_ids.shape[1]
-        # The state before each completion token predicts it.
-        hidden = out.sequence_hidden[:, prompt_len - 1 : prompt_len - 1 + completion_ids.shape[1]]
-        logits = reasoner.lm_head(hidden).float()
-        logprobs = torch.gather(logits, -1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-        return logprobs, out.query_states
+        pass_args = (reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), completion_ids,
+                     completion_attention, self.context.context_queries, self.processor.pad_token_id)
+        logprobs = states = None
+        if with_logprobs:
+            out = full_query_pass(*pass_args, "mrope", return_sequence_hidden=True)
+            prompt_len = prompts.input_ids.shape[1]
+            # The state before each completion token predicts it.
+            hidden = out.sequence_hidden[:, prompt_len - 1 : prompt_len - 1 + completion_ids.shape[1]]
+            logits = reasoner.lm_head(hidden).float()
+            logprobs = torch.gather(logits, -1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+            if self.config.query_positions == "mrope":
+                states = out.query_states
+        if with_query_states and states is None:
+            states = full_query_pass(*pass_args, self.config.query_positions).query_states
+        return logprobs, states
 
     def segment_groups(
         self, query_states: torch.Tensor, features: sam_head.SamImageFeatures, group_size: int

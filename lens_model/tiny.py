@@ -129,7 +129,7 @@ def tiny_lens_config(**overrides) -> LensConfig:
         sam_image_size=256,
         min_pixels=56 * 56,
         max_pixels=224 * 224,
-        generation=GenerationConfig(max_new_tokens=24),
+        generation=GenerationConfig(max_new_tokens=64),
         random_weights=True,
         name="tiny-random",
     )

@@ -40,10 +40,17 @@ def test_completion_encoding_ends_with_end_of_turn(setup):
 
 
 @torch.no_grad()
-def test_sequence_logprobs_equal_the_stock_forward(setup):
+@pytest.mark.parametrize("scheme", ["mrope", "sequential"])
+def test_sequence_logprobs_equal_the_stock_forward(setup, scheme):
+    """Log-probs follow generation's M-RoPE positions whatever the query-pass scheme, so SFT and GRPO
+    train and score the distribution that generates."""
+    import dataclasses
+
     model, encoded, prompts, grid, vision, texts = setup
+    model.config = dataclasses.replace(model.config, query_positions=scheme)
     ids, mask = model.encode_completions(texts)
     logprobs, states = model.sequence_forward(prompts, grid, vision, ids, mask, with_logprobs=True)
+    model.config = dataclasses.replace(model.config, query_positions="mrope")
     assert states.shape == (2, model.config.num_queries, 64)
     full_ids = torch.cat([prompts.input_ids, ids], 1)
     out = model.reasoner(

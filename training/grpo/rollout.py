@@ -81,5 +81,5 @@ def generate(model: LensModel, reference, encoder: BatchEncoder, samples: list[S
     if reference is not None:
         ref_vision = vision_rows(model, batch, group, recompute=True, reasoner=reference)
         logp_ref, _ = model.sequence_forward(prompts, grid, ref_vision, ids, attention, with_logprobs=True,
-                                             reasoner=reference)
+                                             reasoner=reference, with_query_states=False)
     return Rollout(batch, group, prompts, grid, ids, attention, [parse_answer(t) for t in texts], logp_ref)
