@@ -11,19 +11,23 @@ BOX_COLOUR = (40, 220, 40)
 
 
 def draw_overlay(image: np.ndarray, result: SegmentationResult, alpha: float = 0.5) -> np.ndarray:
-    """RGB uint8 image with the mask tinted, the box drawn and the label written above it."""
+    """RGB uint8 image with the mask tinted, the box drawn and the label and score written above it
+    (or, without a box, why there is none)."""
     out = image.copy()
     if result.mask.any():
         tint = np.array(MASK_COLOUR, np.float32)
-        out[result.mask] = (out[result.mask].astype(np.float32) * (1 - alpha) + tint * alpha).astype(np.uint8)
-    thickness = max(1, round(min(image.shape[:2]) / 200))
+        out[result.mask] = (out[result.mask].astype(np.float32) * (1 - alpha) + tint * alpha).round().astype(np.uint8)
+    height, width = image.shape[:2]
+    thickness = max(1, round(min(height, width) / 200))
+    scale = max(0.35, min(height, width) / 600)
     if result.box is not None:
         x1, y1, x2, y2 = (int(round(v)) for v in result.box)
         cv2.rectangle(out, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), BOX_COLOUR, thickness)
-        caption = f"{result.label or result.query} {result.score:.2f}"
-        scale = max(0.35, min(image.shape[:2]) / 600)
-        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        ty = y1 - 4 if y1 - th - 4 >= 0 else min(image.shape[0] - 1, y2 + th + 4)
-        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty + base), (0, 0, 0), cv2.FILLED)
-        cv2.putText(out, caption, (x1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        caption, x, y_top, y_bottom = f"{result.label or result.query} {result.score:.2f}", x1, y1, y2
+    else:
+        caption, x, y_top, y_bottom = f"no box: {result.box_status}", 2, height, 0
+    (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    ty = y_top - 4 if y_top - th - 4 >= 0 else min(height - 1, y_bottom + th + 4)
+    cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), (0, 0, 0), cv2.FILLED)
+    cv2.putText(out, caption, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out

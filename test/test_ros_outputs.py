@@ -90,7 +90,7 @@ def test_debug_image_is_off_by_default_and_rate_limited_when_on():
     assert debug[0].encoding == "rgb8" and debug[0].header.frame_id == "optical"
     original = pattern_image()
     assert not np.array_equal(overlay[5:20, 5:25], original[5:20, 5:25])  # tinted inside the mask
-    np.testing.assert_array_equal(overlay[40:, 40:], original[40:, 40:])  # untouched far outside it
+    np.testing.assert_array_equal(overlay[44:, 40:], original[44:, 40:])  # untouched below the box caption
 
 
 def test_rate_limiter_allows_one_event_per_period():

@@ -12,7 +12,7 @@ import numpy as np
 from lens_ros.core import messages
 from lens_ros.core.image_codec import encode_image, mask_to_mono8
 from lens_ros.core.outcome import ERROR, QueryOutcome
-from lens_ros.core.overlay import draw_overlay
+from lens_model.visualize import draw_overlay
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,6 @@ class OutcomePublisher:
             (Output.REASONING, messages.string(kit, result.reasoning)),
         ]
         if rgb is not None and self._debug_limiter is not None and self._debug_limiter.allow():
-            overlay = draw_overlay(rgb, result, outcome.query)
+            overlay = draw_overlay(rgb, result)
             outputs.append((Output.DEBUG_IMAGE, messages.image(kit, hdr, encode_image(overlay, "rgb8"))))
         return outputs
