@@ -92,7 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 is "
+                        "steadier on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     stage_latency(args.repeats)
     kv_reuse(args.repeats, args.new_tokens)
