@@ -18,7 +18,7 @@ LORA_MARK = ".lora_"
 @dataclass
 class LoraSection:
     rank: int = 0  # 0: no adapters (the ``trainable`` prefixes train full weights)
-    alpha: float = 32.0
+    alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Train lens-synth-demo from nothing and measure every stage (docs/demo_model.md), on a 2-core CPU.
+#
+#   bash training/demo/pipeline.sh                 # from the repository root; data/demo, outputs/demo
+#   DATA=/tmp/d OUT=/tmp/o bash training/demo/pipeline.sh
+#   INSTALL=1 bash training/demo/pipeline.sh       # also copy the final model to lens_model/assets/
+#   EXTRA="max_steps=2 data.eval_limit=2" EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
+#
+# Synthetic data -> untrained model -> [SAM 2 box pretraining | SFT] -> graft -> [alignment |
+# evaluation of SFT] -> [GRPO without | with the mask reward] -> evaluations -> ablation table.
+# Steps in brackets run side by side, one thread each: the models are too small for a second thread
+# per operation to pay off, and two processes keep both cores busy. Every training step resumes
+# from its latest checkpoint if the script is run again after an interruption.
+set -euo pipefail
+
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-data/demo}
+OUT=${OUT:-outputs/demo}
+DOC=${DOC-docs/demo_model.md}      # receives the ablation table; empty: print it only
+EXTRA=${EXTRA:-}                   # key=value overrides appended to every training stage
+EVAL_LIMIT=${EVAL_LIMIT:+--limit $EVAL_LIMIT}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+COMMON="data.root=$DATA log.progress_bar=false $EXTRA"
+
+side_by_side() {  # run two shell commands in parallel; fail if either fails
+    bash -c "$1" & local first=$!
+    bash -c "$2" & local second=$!
+    wait "$first"
+    wait "$second"
+}
+
+evaluate() {  # evaluate MODEL_DIR on the held-out test split into MODEL_DIR/eval_test.json
+    echo "$PY -m training.evaluate --model $1 --data $DATA --dataset synthetic --split test --output $1/eval_test.json $EVAL_LIMIT"
+}
+
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+
+stamp "1/7 synthetic scenes"
+[ -f "$DATA/synthetic/instances.json" ] || $PY -m training.synthetic --out "$DATA" --images 1000 --size 112 --seed 0
+
+stamp "2/7 untrained demo model"
+[ -f "$OUT/init/config.json" ] || $PY -m training.demo.init_model --data "$DATA" --out "$OUT/init"
+
+stamp "3/7 SAM 2 box pretraining | SFT"
+side_by_side \
+    "$PY -m training.demo.sam_pretrain --config training/configs/demo_sam.yaml model.init=$OUT/init output_dir=$OUT/sam $COMMON" \
+    "$PY -m training.sft --config training/configs/demo_sft.yaml model.init=$OUT/init output_dir=$OUT/sft_reasoner $COMMON"
+$PY -m training.demo.graft_sam --model "$OUT/sft_reasoner" --sam "$OUT/sam" --out "$OUT/sft"
+
+stamp "4/7 alignment | evaluation of SFT"
+side_by_side \
+    "$PY -m training.align --config training/configs/demo_align.yaml model.init=$OUT/sft output_dir=$OUT/align $COMMON" \
+    "$(evaluate "$OUT/sft")"
+
+stamp "5/7 GRPO without | with the mask reward"
+side_by_side \
+    "$PY -m training.grpo --config training/configs/demo_grpo_box.yaml model.init=$OUT/align output_dir=$OUT/grpo_box $COMMON" \
+    "$PY -m training.grpo --config training/configs/demo_grpo_mask.yaml model.init=$OUT/align output_dir=$OUT/grpo_mask $COMMON"
+
+stamp "6/7 evaluations"
+side_by_side "$(evaluate "$OUT/align")" "$(evaluate "$OUT/grpo_box")"
+bash -c "$(evaluate "$OUT/grpo_mask")"
+
+stamp "7/7 ablation table"
+$PY -m training.demo.ablation_table \
+    "SFT only=$OUT/sft/eval_test.json" \
+    "+ alignment=$OUT/align/eval_test.json" \
+    "+ GRPO, no mask reward=$OUT/grpo_box/eval_test.json" \
+    "+ GRPO with mask reward=$OUT/grpo_mask/eval_test.json" \
+    ${DOC:+--doc "$DOC"} | tee "$OUT/ablation.md"
+
+if [ "${INSTALL:-0}" = 1 ]; then
+    $PY -c "from lens_model.hub import load_model; load_model('$OUT/grpo_mask').save_pretrained('lens_model/assets/lens-synth-demo')"
+    stamp "installed lens_model/assets/lens-synth-demo"
+fi
+stamp "done"

@@ -1,0 +1,82 @@
+"""Supervised warm start (SFT): teach the reasoner the answer format from ground-truth answers.
+
+    python -m training.sft --config training/configs/sft_tiny.yaml [key=value ...]
+
+Each sample is teacher-forced: prompt + the ground-truth completion in the exact format the model
+generates at inference (``<think>reasoning</think><answer>[{"bbox_2d": ..., "label": ...}]</answer>``
+for template "reasoning", a fenced JSON box for "direct"), box in the reasoner's resized frame. The
+loss is the mean negative log-likelihood of the completion tokens (end-of-turn token included);
+prompt and image tokens carry no loss. What learns is chosen by parameter-name prefix (default the
+whole reasoner; ``freeze_vision_tower`` keeps the vision tower fixed). With ``lora.rank > 0`` the
+language model's ``lora.target_modules`` get LoRA adapters (peft) that learn instead of their weights
+(``trainable`` then adds full parameters, e.g. ``[]`` for LoRA only); the adapters are merged into the
+weights before export, so the output is a plain LENS model. The loop (checkpoints, resume, logging,
+evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
+parse-failure rate and the box accuracy of greedy generations.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from training.common.config import parse_cli
+from training.common.rng import seed_everything
+from training.lora import LORA_MARK, LoraSection, apply_lora, merge_lora
+from training.loop import run_supervised, trainable_parameters
+from training.stage import BatchEncoder, StageConfig, build_model
+
+VISION_TOWER = "reasoner.model.visual."
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    # Parameter-name prefixes that learn (besides the LoRA adapters, if any).
+    trainable: list[str] = field(default_factory=lambda: ["reasoner."])
+    freeze_vision_tower: bool = False
+    lora: LoraSection = field(default_factory=LoraSection)
+
+
+def completion_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-probability over the completion tokens of the batch (padding excluded)."""
+    mask = mask.to(logprobs.dtype)
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def sft_step(model, encoder: BatchEncoder, samples) -> tuple[torch.Tensor, dict[str, float]]:
+    template = model.config.template
+    batch = encoder.encode(samples, template, with_sam_features=False)
+    ids, mask = model.encode_completions(batch.teacher_answers(template))
+    logprobs, _ = model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask, with_logprobs=True,
+                                         with_query_states=False)
+    loss = completion_nll(logprobs, mask)
+    return loss, {"loss": float(loss.detach()), "completion_tokens": float(mask.sum()) / len(samples)}
+
+
+def train(cfg: SFTConfig) -> None:
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model)
+    exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
+    params = trainable_parameters(model, list(cfg.trainable), exclude) if cfg.trainable else []
+    if cfg.lora.rank > 0:
+        apply_lora(model, cfg.lora)
+        params = [p for name, p in model.named_parameters() if LORA_MARK in name] + params
+        chosen = {id(p) for p in params}
+        adapted = [name for name, p in model.named_parameters() if ".base_layer." in name and id(p) in chosen]
+        if adapted:
+            raise ValueError(f"trainable {list(cfg.trainable)} also selects weights LoRA adapts ({adapted[0]}, ...); "
+                             "with lora.rank > 0 set trainable to [] or to modules without adapters")
+    if not params:
+        raise ValueError("nothing to train: trainable is empty and lora.rank is 0")
+    run_supervised(cfg, "sft", model, params, sft_step, before_export=merge_lora if cfg.lora.rank > 0 else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli(argv, SFTConfig, description="LENS warm start: supervised fine-tuning of the answer format")
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
