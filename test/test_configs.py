@@ -67,3 +67,14 @@ def test_qwen2p5_3b_alignment_has_the_paper_settings():
     assert model.sam2_config.endswith("sam2_hiera_l.yaml") and Path(model.sam2_checkpoint).name == "sam2_hiera_large.pt"
     assert model.gradient_checkpointing and list(cfg.trainable) == ["context."]
     assert cfg.data.dataset in ("refcoco", "refcoco+", "refcocog") and cfg.data.split == "train"
+
+
+def test_loss_weights_accept_overrides_and_saved_configs_reload(tmp_path):
+    from training.align import AlignConfig
+    from training.common.config import save_config
+
+    cfg = load_config(AlignConfig, "training/configs/align_tiny.yaml", ["loss.dice=0.5", "loss.focal=1.0"])
+    assert cfg.loss.dice == 0.5 and cfg.loss.focal == 1.0
+    saved = save_config(cfg, tmp_path)
+    reloaded = load_config(AlignConfig, saved)
+    assert reloaded.loss.dice == 0.5

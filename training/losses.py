@@ -16,10 +16,11 @@ import torch.nn.functional as F
 DICE_SMOOTHING = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class MaskLossWeights:
     """Weights of the components in the total; a zero weight skips that component. ``focal_alpha``
-    below zero turns off the class balancing of the focal loss."""
+    below zero turns off the class balancing of the focal loss. (Not frozen: it is also a config
+    section, and OmegaConf makes frozen dataclasses read-only, so ``loss.dice=0.5`` could not apply.)"""
 
     bce: float = 1.0
     dice: float = 1.0
