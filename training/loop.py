@@ -12,7 +12,8 @@ and final evaluation with the evaluator, and the export of a directly loadable m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
@@ -76,6 +77,43 @@ def set_train_modes(model: LensModel) -> None:
         model.reasoner.eval()
 
 
+@dataclass
+class Run:
+    """The run state every stage loop shares: resumable data order, checkpoints, trainer state, logger."""
+
+    sampler: ResumableSampler
+    checkpoints: CheckpointManager
+    state: TrainerState
+    logger: RunLogger
+    stream: Iterator[list]
+
+    def finish(self, cfg: StageConfig, model: LensModel, engine, evaluate: EvalFn) -> None:
+        """Final checkpoint and final evaluation (call inside ``with run.logger``)."""
+        self.checkpoints.save(engine, self.state, cfg)
+        if cfg.data.eval_limit:
+            self.logger.write(self.state.global_step, evaluate(model, cfg))
+
+
+def start_run(cfg: StageConfig, stage: str, engine, dataset: Dataset) -> Run:
+    """Resume from the latest checkpoint under ``cfg.output_dir`` (if any), save the config, and open
+    the logger and the resumable stream of micro-batches."""
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed)
+    checkpoints = CheckpointManager(cfg.output_dir, keep_last=cfg.checkpoint.keep_last)
+    state = checkpoints.resume(engine, cfg.checkpoint.resume) or TrainerState()
+    if state.data is not None:
+        sampler.load_state(state.data)
+    if distributed.is_main():
+        save_config(cfg, cfg.output_dir)
+    logger = RunLogger(cfg.output_dir, cfg.max_steps, start_step=state.global_step, every_steps=cfg.log.every_steps,
+                       tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar, desc=stage)
+    stream = batches(dataset, sampler, cfg.engine.micro_batch_size, cfg.data.num_workers)
+    return Run(sampler, checkpoints, state, logger, stream)
+
+
+def export(cfg: StageConfig, stage: str, model: LensModel, state: TrainerState) -> None:
+    export_model(model, cfg.output_dir, {"stage": stage, "steps": state.global_step, "finished": time.time()})
+
+
 def run_supervised(
     cfg: StageConfig,
     stage: str,
@@ -99,22 +137,13 @@ def run_supervised(
     encoder = BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
                            vision_frozen=is_frozen(model, "reasoner.model.visual."),
                            sam_encoder_frozen=is_frozen(model, "sam.image_encoder."))
-    dataset = dataset if dataset is not None else training_dataset(cfg.data)
-    sampler = ResumableSampler(len(dataset), seed=cfg.seed)
-    checkpoints = CheckpointManager(cfg.output_dir, keep_last=cfg.checkpoint.keep_last)
-    state = checkpoints.resume(engine, cfg.checkpoint.resume) or TrainerState()
-    if state.data is not None:
-        sampler.load_state(state.data)
-    if distributed.is_main():
-        save_config(cfg, cfg.output_dir)
-    logger = RunLogger(cfg.output_dir, cfg.max_steps, start_step=state.global_step, every_steps=cfg.log.every_steps,
-                       tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar, desc=stage)
-    stream = batches(dataset, sampler, cfg.engine.micro_batch_size, cfg.data.num_workers)
+    run = start_run(cfg, stage, engine, dataset if dataset is not None else training_dataset(cfg.data))
+    state, logger = run.state, run.logger
     step_metrics: dict[str, float] = {}
     step_samples = 0
     with logger:
         while state.global_step < cfg.max_steps:
-            samples = next(stream)
+            samples = next(run.stream)
             with engine.autocast():
                 loss, metrics = engine(step, encoder, samples)  # through the model's forward (ZeRO-3 hooks)
             engine.backward(loss)
@@ -124,18 +153,16 @@ def run_supervised(
             if not engine.step():
                 continue
             state.global_step += 1
-            state.data = sampler.state()
+            state.data = run.sampler.state()
             logger.step(state.global_step, step_metrics, num_samples=step_samples, lr=engine.lr)
             step_metrics, step_samples = {}, 0
             if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and cfg.data.eval_limit:
                 logger.write(state.global_step, evaluate(model, cfg))
                 set_train_modes(model)
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
-                checkpoints.save(engine, state, cfg)
-        checkpoints.save(engine, state, cfg)
-        if cfg.data.eval_limit:
-            logger.write(state.global_step, evaluate(model, cfg))
+                run.checkpoints.save(engine, state, cfg)
+        run.finish(cfg, model, engine, evaluate)
     if before_export is not None:
         before_export(model)
-    export_model(model, cfg.output_dir, {"stage": stage, "steps": state.global_step, "finished": time.time()})
+    export(cfg, stage, model, state)
     return state

@@ -6,26 +6,20 @@ import time
 
 import torch
 
-from training.common import distributed
-from training.common.checkpoint import CheckpointManager, TrainerState
-from training.common.config import save_config
 from training.common.engine import build_engine
-from training.common.logging import RunLogger
 from training.common.rng import seed_everything
-from training.common.sampler import ResumableSampler
 from training.grpo.config import GRPOConfig
 from training.grpo.rollout import Rollout, generate
 from training.grpo.update import policy_loss
-from training.loop import periodic_eval, trainable_parameters
+from training.loop import export, is_frozen, periodic_eval, start_run, trainable_parameters
 from training.lora import apply_lora, lora_trainable, merge_lora
-from training.stage import BatchEncoder, batches, build_model, export_model, training_dataset
-
-VISION_PREFIX = "reasoner.model.visual."
+from training.stage import BatchEncoder, build_model, training_dataset
 
 
-def trains(prefixes: list[str], module_prefix: str) -> bool:
-    """Whether any trainable prefix covers (part of) the module at ``module_prefix``."""
-    return any(p.startswith(module_prefix) or module_prefix.startswith(p) for p in prefixes)
+def set_train_modes(model) -> None:
+    """Everything trains except the SAM 2 image encoder, whose features the G completions share."""
+    model.train()
+    model.sam.image_encoder.eval()
 
 
 def reference_policy(model, cfg: GRPOConfig):
@@ -49,38 +43,28 @@ def train(cfg: GRPOConfig) -> None:
     model = build_model(cfg.model)
     reference = reference_policy(model, cfg)
     prefixes = list(cfg.trainable)
-    if trains(prefixes, "sam.image_encoder."):
-        raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
     if cfg.lora.rank > 0:
         apply_lora(model, cfg.lora)  # after the reference copy, which keeps the plain starting weights
         params = lora_trainable(model, prefixes)
     else:
         params = trainable_parameters(model, prefixes)
     engine = build_engine(model, params, cfg.engine, total_steps=cfg.max_steps)
+    if not is_frozen(model, "sam.image_encoder."):
+        raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
     if reference is not None:
         reference.to(engine.device, torch.bfloat16 if cfg.engine.bf16 else model.dtype)
-    model.train()
-    model.sam.image_encoder.eval()
-    vision_trains = trains(prefixes, VISION_PREFIX)
+    set_train_modes(model)
+    vision_trains = not is_frozen(model, "reasoner.model.visual.")
     encoder = BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
                            vision_frozen=not vision_trains, sam_encoder_frozen=True)
-    dataset = training_dataset(cfg.data)
-    sampler = ResumableSampler(len(dataset), seed=cfg.seed)
-    checkpoints = CheckpointManager(cfg.output_dir, keep_last=cfg.checkpoint.keep_last)
-    state = checkpoints.resume(engine, cfg.checkpoint.resume) or TrainerState()
-    if state.data is not None:
-        sampler.load_state(state.data)
-    if distributed.is_main():
-        save_config(cfg, cfg.output_dir)
-    logger = RunLogger(cfg.output_dir, cfg.max_steps, start_step=state.global_step, every_steps=cfg.log.every_steps,
-                       tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar, desc="grpo")
-    stream = batches(dataset, sampler, cfg.engine.micro_batch_size, cfg.data.num_workers)
+    run = start_run(cfg, "grpo", engine, training_dataset(cfg.data))
+    state, logger = run.state, run.logger
     every = cfg.checkpoint.every_steps
     with logger:
         while state.global_step < cfg.max_steps:
             start = time.perf_counter()
             # Both go through the model's forward, where ZeRO-3 gathers the directly read parameters.
-            rollouts = [model(generate, reference, encoder, next(stream), cfg) for _ in range(cfg.engine.grad_accum_steps)]
+            rollouts = [model(generate, reference, encoder, next(run.stream), cfg) for _ in range(cfg.engine.grad_accum_steps)]
             rollout_s = time.perf_counter() - start
             saved_block = state.global_step // every if every else 0
             for _ in range(cfg.objective.inner_iterations):
@@ -92,7 +76,7 @@ def train(cfg: GRPOConfig) -> None:
                     stepped = engine.step()
                 assert stepped, "one optimizer step per pass over the rollout buffer"
                 state.global_step += 1
-                state.data = sampler.state()
+                state.data = run.sampler.state()
                 timing = {"time_rollout_s": rollout_s, "time_update_s": time.perf_counter() - update_start}
                 samples = sum(r.completion_ids.shape[0] for r in rollouts)
                 logger.step(state.global_step, {**mean_stats(rollouts), **timing}, num_samples=samples, lr=engine.lr)
@@ -101,14 +85,11 @@ def train(cfg: GRPOConfig) -> None:
                     break
             if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and cfg.data.eval_limit:
                 logger.write(state.global_step, periodic_eval(model, cfg))
-                model.train()
-                model.sam.image_encoder.eval()
+                set_train_modes(model)
             # Checkpoints only between rollout buffers, so a resumed run never re-samples half a buffer.
             if every and state.global_step // every > saved_block:
-                checkpoints.save(engine, state, cfg)
-        checkpoints.save(engine, state, cfg)
-        if cfg.data.eval_limit:
-            logger.write(state.global_step, periodic_eval(model, cfg))
+                run.checkpoints.save(engine, state, cfg)
+        run.finish(cfg, model, engine, periodic_eval)
     if cfg.lora.rank > 0:
         merge_lora(model)
-    export_model(model, cfg.output_dir, {"stage": "grpo", "steps": state.global_step, "finished": time.time()})
+    export(cfg, "grpo", model, state)
