@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -175,7 +174,3 @@ def _reasoner_classes(model_type: str):
     if model_type not in REASONER_CLASSES:
         raise CheckpointFormatError(f"unsupported reasoner type {model_type!r}; LENS supports {sorted(REASONER_CLASSES)}")
     return REASONER_CLASSES[model_type]
-
-
-def config_summary(model: LensModel) -> str:
-    return json.dumps(model.describe())

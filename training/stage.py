@@ -7,7 +7,6 @@ inputs and writing the final, directly loadable model folder live here.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,14 +195,6 @@ class BatchEncoder:
             return self.model.sam_features([image])
 
 
-def gt_mask_tensor(samples: list[Sample], device: torch.device) -> list[torch.Tensor]:
-    return [torch.from_numpy(s.mask).to(device) for s in samples]
-
-
-def ignore_tensor(samples: list[Sample], device: torch.device) -> list[torch.Tensor | None]:
-    return [None if s.ignore is None else torch.from_numpy(s.ignore).to(device) for s in samples]
-
-
 def frozen_parameters_gather(model: torch.nn.Module):
     """Under ZeRO-3 parameters are partitioned; gather them for a full save, else do nothing."""
     try:
@@ -227,10 +218,6 @@ def export_model(model: LensModel, output_dir: str | Path, training_info: dict |
 
                 (Path(output_dir) / "training_info.json").write_text(json.dumps(training_info, indent=2))
     distributed.barrier()
-
-
-def set_stage_template(model: LensModel, template: str) -> None:
-    model.config = dataclasses.replace(model.config, template=template)
 
 
 def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample], weights) -> tuple[torch.Tensor, dict[str, float], list[float]]:
