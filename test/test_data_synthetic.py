@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,19 @@ def test_expression_types_can_be_restricted(tmp_path: Path) -> None:
         generate_dataset(tmp_path, num_images=1, expression_types=["colour"])
 
 
+def test_object_count_range(tmp_path: Path) -> None:
+    """One-object scenes (the grounding diagnostic in docs/demo_model.md) and other ranges."""
+    generate_dataset(tmp_path / "one", num_images=5, seed=4, size=96, objects=(1, 1))
+    instances = json.loads((tmp_path / "one" / "synthetic" / "instances.json").read_text())
+    per_image = Counter(a["image_id"] for a in instances["annotations"])
+    assert sorted(per_image.values()) == [1] * 5
+    generate_dataset(tmp_path / "many", num_images=5, seed=4, size=128, objects=(4, 5))
+    instances = json.loads((tmp_path / "many" / "synthetic" / "instances.json").read_text())
+    assert set(Counter(a["image_id"] for a in instances["annotations"]).values()) <= {4, 5}
+    with pytest.raises(ValueError, match="object count"):
+        generate_dataset(tmp_path / "bad", num_images=1, objects=(0, 2))
+
+
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(
         ["--out", str(tmp_path), "--images", "4", "--size", "80", "--seed", "3", "--expression-types", "color", "size"]
@@ -175,3 +189,5 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         main(["--out", str(tmp_path), "--expression-types", "smell"])
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--size", "10"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--objects", "3", "2"])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from stage_fixtures import QUIET, assert_exact_resume, run_stage_process, synthetic_data
+from stage_fixtures import QUIET, assert_exact_resume, run_stage, run_stage_process, synthetic_data
 from training.common.config import load_config
 from training.common.logging import read_metrics
 from training.grpo.__main__ import main as grpo_main
@@ -121,7 +121,6 @@ def test_lora_adapters_train_and_merge_into_a_plain_checkpoint(data_root, tmp_pa
     from safetensors.torch import load_file
 
     from lens_model.hub import build_tiny_random, load_model
-    from stage_fixtures import run_stage
 
     run_stage(grpo_main, CONFIG, data_root, tmp_path / "out", "max_steps=2", "lora.rank=4", "engine.lr=1e-2",
               "rollout.max_completion_length=12", "data.eval_limit=0")
@@ -132,3 +131,26 @@ def test_lora_adapters_train_and_merge_into_a_plain_checkpoint(data_root, tmp_pa
     assert any(k.startswith("reasoner.model.language_model.layers.") for k in changed)
     assert not any(k.startswith(("reasoner.model.visual.", "sam.image_encoder.")) for k in changed)
     load_model(str(tmp_path / "out"))
+
+
+def test_grpo_raises_the_format_reward_of_a_briefly_warm_started_model(tmp_path):
+    """The learning test: a short SFT leaves the tiny model writing a valid direct answer about half
+    the time under sampling (the reward varies within groups); 24 GRPO steps on the format reward
+    alone (8 prompts x G 8) must lift the mean reward clearly. Measured over seeds 0-2: the mean of
+    the first six steps 0.51-0.58, of the last six 0.75-0.81; with lr 0 (a trainer that does not
+    learn) 0.51 and 0.54, so the margin of 0.1 separates the two."""
+    from training import sft
+
+    data_root = synthetic_data(tmp_path / "syn", images=10, seed=5, size=112)
+    run_stage(sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "sft", "model.template=direct",
+              "max_steps=100", "engine.lr=1e-2", "data.eval_limit=0", "checkpoint.every_steps=0")
+    run_stage(grpo_main, CONFIG, data_root, tmp_path / "grpo", f"model.init={tmp_path / 'sft'}",
+              "model.template=direct", "rewards.weights.format=1.0", "rewards.weights.box=0.0",
+              "rewards.weights.mask=0.0", "objective.beta=0.0", "objective.seg_weight=0.0", "max_steps=24",
+              "engine.lr=1e-3", "engine.scheduler=constant", "engine.micro_batch_size=8", "rollout.group_size=8",
+              "rollout.max_completion_length=64", "log.every_steps=1", "data.eval_limit=0", "checkpoint.every_steps=0")
+    curve = [r["reward"] for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "reward" in r]
+    assert len(curve) == 24
+    start, end = sum(curve[:6]) / 6, sum(curve[-6:]) / 6
+    assert start < 0.7, f"the warm start already solves the task ({start:.2f}); nothing left to learn"
+    assert end > start + 0.1, f"mean reward {start:.2f} -> {end:.2f}: GRPO did not learn ({[round(r, 2) for r in curve]})"

@@ -1,6 +1,7 @@
 """Generate a synthetic referring-segmentation dataset in the RefCOCO (refer) layout.
 
-    python -m training.synthetic --out DIR [--images N] [--seed S] [--size PX] [--expression-types ...]
+    python -m training.synthetic --out DIR [--images N] [--seed S] [--size PX] [--objects MIN MAX]
+                                 [--expression-types ...]
 
 writes ``DIR/synthetic/``: ``images/*.png``, ``instances.json`` (COCO images, annotations with
 exact polygon segmentations, ``bbox`` and an ``attributes`` dict, categories) and ``refs(unc).p``
@@ -26,7 +27,7 @@ from PIL import Image
 
 from training.data.masks import mask_to_box
 from training.data.synthetic_expressions import EXPRESSION_TYPES, Expression, choose_expressions, explain
-from training.data.synthetic_scenes import SHAPES, Scene, SceneObject, sample_scene
+from training.data.synthetic_scenes import DEFAULT_OBJECTS, SHAPES, Scene, SceneObject, sample_scene
 
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
 MAX_SENTENCES_PER_REF = 3
@@ -94,6 +95,7 @@ def generate_dataset(
     seed: int = 0,
     size: int = 224,
     expression_types: Sequence[str] = EXPRESSION_TYPES,
+    objects: tuple[int, int] = DEFAULT_OBJECTS,
 ) -> GeneratedDataset:
     unknown = set(expression_types) - set(EXPRESSION_TYPES)
     if unknown or not expression_types:
@@ -111,7 +113,7 @@ def generate_dataset(
     refs: list[dict[str, Any]] = []
     result = GeneratedDataset(folder, Counter(splits), Counter(), Counter())
     for image_id, split in enumerate(splits, start=1):
-        scene = sample_scene(rng, size)
+        scene = sample_scene(rng, size, objects)
         file_name = f"{image_id:06d}.png"
         Image.fromarray(scene.image).save(folder / "images" / file_name, compress_level=PNG_COMPRESSION)
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
@@ -167,12 +169,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="TYPE",
         help=f"expression kinds to generate, any of {', '.join(EXPRESSION_TYPES)} (default all)",
     )
+    parser.add_argument(
+        "--objects",
+        type=int,
+        nargs=2,
+        default=list(DEFAULT_OBJECTS),
+        metavar=("MIN", "MAX"),
+        help="shapes per scene, inclusive range (default %(default)s; 1 1 gives one-object curriculum scenes)",
+    )
     args = parser.parse_args(argv)
     if args.images < 1 or args.size < MIN_SIZE:
         parser.error(f"--images must be >= 1 and --size >= {MIN_SIZE}")
+    if not 1 <= args.objects[0] <= args.objects[1]:
+        parser.error("--objects needs 1 <= MIN <= MAX")
     start = time.perf_counter()
     result = generate_dataset(
-        args.out, num_images=args.images, seed=args.seed, size=args.size, expression_types=args.expression_types
+        args.out,
+        num_images=args.images,
+        seed=args.seed,
+        size=args.size,
+        expression_types=args.expression_types,
+        objects=tuple(args.objects),
     )
     print(f"wrote {result.folder} in {time.perf_counter() - start:.1f} s")
     for split in ("train", "val", "test"):

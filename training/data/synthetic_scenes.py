@@ -30,6 +30,7 @@ SIZES = ("small", "large")
 SIZE_RADIUS = {"small": (0.05, 0.065), "large": (0.10, 0.125)}
 GAP = 0.03  # minimum distance between two shapes' bounding circles, fraction of the side
 MAX_PLACEMENT_TRIES = 60
+DEFAULT_OBJECTS = (2, 6)  # inclusive range of shapes per scene
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,11 +82,15 @@ UNIT_OUTLINES = {shape: _unit_outline(shape) for shape in SHAPES}
 UNIT_AREAS = {shape: _area(outline) for shape, outline in UNIT_OUTLINES.items()}
 
 
-def sample_scene(rng: np.random.Generator, size: int) -> Scene:
-    """2-6 non-touching shapes drawn from a per-scene palette of 1-3 shapes and 1-3 colours (so
-    scenes repeat attributes and need colour, size, position or relation to tell objects apart)."""
+def sample_scene(rng: np.random.Generator, size: int, objects: tuple[int, int] = DEFAULT_OBJECTS) -> Scene:
+    """``objects`` (inclusive range, default 2-6) non-touching shapes drawn from a per-scene palette
+    of 1-3 shapes and 1-3 colours (so scenes repeat attributes and need colour, size, position or
+    relation to tell objects apart). One-object scenes serve as a grounding curriculum."""
+    fewest, most = objects
+    if not 1 <= fewest <= most:
+        raise ValueError(f"object count range must satisfy 1 <= min <= max, got {objects}")
     while True:
-        count = int(rng.integers(2, 7))
+        count = int(rng.integers(fewest, most + 1))
         shapes = [str(s) for s in rng.choice(SHAPES, size=int(rng.integers(1, 4)), replace=False)]
         colors = [str(c) for c in rng.choice(list(COLORS), size=int(rng.integers(1, 4)), replace=False)]
         objects: list[SceneObject] = []
@@ -95,7 +100,7 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
             )
             if placed is not None:
                 objects.append(placed)
-        if len(objects) >= 2:
+        if len(objects) >= fewest:
             break
     image = _background(rng, size)
     for obj in objects:
