@@ -28,7 +28,7 @@ class EncodedImage:
     pixel_values: torch.Tensor  # (patches, C*T*P*P)
     grid_thw: torch.Tensor  # (1, 3)
     resized_size: tuple[int, int]  # (width, height) of the frame the reasoner sees
-    num_tokens: int  # image placeholder tokens after the 2x2 merge
+    num_tokens: int  # image placeholder tokens after the merge (merge_size x merge_size patches each)
 
 
 @dataclass

@@ -37,8 +37,22 @@ def test_init_model_writes_a_loadable_untrained_demo_model(data_root, tmp_path):
     assert result.mask.shape == (112, 112)
 
 
+def test_patch_and_merge_sizes_set_the_number_of_image_tokens(data_root, tmp_path):
+    """28 px patches merged 4 x 4: the whole 112 px image is one language token (the vision merger
+    concatenates the 16 patches in a fixed order, so positions are in the token's content)."""
+    out = tmp_path / "single"
+    assert init_model.main(["--data", str(data_root), "--out", str(out), "--hidden", "64", "--layers", "2",
+                            "--num-queries", "4", "--patch-size", "28", "--merge-size", "4"]) == 0
+    model = load_model(str(out))
+    encoded = model.encode_image(np.zeros((112, 112, 3), np.uint8))
+    assert encoded.num_tokens == 1 and model.vision_embeds(encoded).shape == (1, 64)
+    assert model.predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4).mask.shape == (112, 112)
+
+
 def test_architecture_rejects_sizes_the_pipeline_cannot_use():
-    with pytest.raises(ValueError, match="multiple of 28"):
+    with pytest.raises(ValueError, match="multiple of patch_size x merge_size = 28"):
         init_model.DemoArchitecture(image_size=100)
+    with pytest.raises(ValueError, match="= 112"):
+        init_model.DemoArchitecture(image_size=84, patch_size=28, merge_size=4)
     with pytest.raises(ValueError, match="multiple of 32"):
         init_model.DemoArchitecture(sam_image_size=100)

@@ -37,7 +37,6 @@ from training.data.dataset import TargetDataset
 from training.data.registry import load_dataset
 
 DEMO_NAME = "lens-synth-demo"
-MERGED_PATCH = 28  # Qwen2.5-VL: 14 px patches merged 2x2
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,9 @@ class DemoArchitecture:
     vision_depth: int = 2
     vision_heads: int = 2
     image_size: int = 112
+    # Vision patch side and merge factor (Qwen2.5-VL: 14 px patches merged 2x2 into one language token).
+    patch_size: int = 14
+    merge_size: int = 2
     sam_image_size: int = 128
     sam_embed_dim: int = 16
     num_queries: int = 16
@@ -66,8 +68,9 @@ class DemoArchitecture:
     pixel_std: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.image_size % MERGED_PATCH:
-            raise ValueError(f"image_size must be a multiple of {MERGED_PATCH}, got {self.image_size}")
+        merged_patch = self.patch_size * self.merge_size
+        if self.image_size % merged_patch:
+            raise ValueError(f"image_size must be a multiple of patch_size x merge_size = {merged_patch}, got {self.image_size}")
         if self.sam_image_size % 32:
             raise ValueError(f"sam_image_size must be a multiple of 32 (Hiera's stride), got {self.sam_image_size}")
         if self.hidden % self.heads or (self.hidden // self.heads) % 8:
@@ -124,12 +127,14 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
     reasoner_config.vision_config.update(dict(
         depth=arch.vision_depth, hidden_size=arch.vision_hidden, intermediate_size=2 * arch.vision_hidden,
         num_heads=arch.vision_heads, window_size=arch.image_size, fullatt_block_indexes=[arch.vision_depth - 1],
+        patch_size=arch.patch_size, spatial_merge_size=arch.merge_size,
     ))
     reasoner = Qwen2_5_VLForConditionalGeneration(reasoner_config)
     config.reasoner_config = reasoner.config.to_dict()
     config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=14, temporal_patch_size=2, merge_size=2,
+        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=arch.patch_size, temporal_patch_size=2,
+        merge_size=arch.merge_size,
         image_mean=[arch.pixel_mean] * 3, image_std=[arch.pixel_std] * 3)
     processor = ReasonerProcessor(tokenizer, image_processor, tiny.CHAT_TEMPLATE)
     return LensModel(config, reasoner, processor, sam_head.build_sam2(config.sam2_model_config))
