@@ -28,6 +28,9 @@ from training.common.sampler import ResumableSampler
 from training.data.sample import Sample
 from training.stage import BatchEncoder, StageConfig, batches, export_model, training_dataset
 
+VISION_TOWER = "reasoner.model.visual."
+SAM_IMAGE_ENCODER = "sam.image_encoder."
+
 # One micro-batch: (model, encoder, samples) -> differentiable loss and float metrics to log.
 StepFn = Callable[[LensModel, BatchEncoder, list[Sample]], tuple[torch.Tensor, dict[str, float]]]
 # Evaluation of the model in training: (model, cfg) -> metrics named eval_*.
@@ -46,6 +49,13 @@ def trainable_parameters(model: torch.nn.Module, prefixes: Sequence[str], exclud
 def is_frozen(model: torch.nn.Module, prefix: str) -> bool:
     """Whether no parameter under ``prefix`` learns (valid once ``build_engine`` has set requires_grad)."""
     return not any(p.requires_grad for name, p in model.named_parameters() if name.startswith(prefix))
+
+
+def stage_encoder(model: LensModel, cfg: StageConfig) -> BatchEncoder:
+    """The batch encoder of a stage; with ``data.cache_frozen_features`` the features of frozen
+    encoders (vision tower, SAM 2 image encoder) are cached (valid once ``build_engine`` ran)."""
+    return BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
+                        vision_frozen=is_frozen(model, VISION_TOWER), sam_encoder_frozen=is_frozen(model, SAM_IMAGE_ENCODER))
 
 
 def periodic_eval(model: LensModel, cfg: StageConfig) -> dict[str, float]:
@@ -134,9 +144,7 @@ def run_supervised(
     """
     engine = build_engine(model, params, cfg.engine, total_steps=cfg.max_steps)
     set_train_modes(model)
-    encoder = BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
-                           vision_frozen=is_frozen(model, "reasoner.model.visual."),
-                           sam_encoder_frozen=is_frozen(model, "sam.image_encoder."))
+    encoder = stage_encoder(model, cfg)
     run = start_run(cfg, stage, engine, dataset if dataset is not None else training_dataset(cfg.data))
     state, logger = run.state, run.logger
     step_metrics: dict[str, float] = {}

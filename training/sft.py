@@ -24,10 +24,8 @@ import torch
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
 from training.lora import LORA_MARK, LoraSection, apply_lora, merge_lora
-from training.loop import run_supervised, trainable_parameters
+from training.loop import VISION_TOWER, run_supervised, trainable_parameters
 from training.stage import BatchEncoder, StageConfig, build_model
-
-VISION_TOWER = "reasoner.model.visual."
 
 
 @dataclass

@@ -11,9 +11,10 @@ from training.common.rng import seed_everything
 from training.grpo.config import GRPOConfig
 from training.grpo.rollout import Rollout, generate
 from training.grpo.update import policy_loss
-from training.loop import export, is_frozen, periodic_eval, start_run, trainable_parameters
+from training.loop import (SAM_IMAGE_ENCODER, VISION_TOWER, export, is_frozen, periodic_eval, stage_encoder, start_run,
+                           trainable_parameters)
 from training.lora import apply_lora, lora_trainable, merge_lora
-from training.stage import BatchEncoder, build_model, training_dataset
+from training.stage import build_model, training_dataset
 
 
 def set_train_modes(model) -> None:
@@ -49,14 +50,13 @@ def train(cfg: GRPOConfig) -> None:
     else:
         params = trainable_parameters(model, prefixes)
     engine = build_engine(model, params, cfg.engine, total_steps=cfg.max_steps)
-    if not is_frozen(model, "sam.image_encoder."):
+    if not is_frozen(model, SAM_IMAGE_ENCODER):
         raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
     if reference is not None:
         reference.to(engine.device, torch.bfloat16 if cfg.engine.bf16 else model.dtype)
     set_train_modes(model)
-    vision_trains = not is_frozen(model, "reasoner.model.visual.")
-    encoder = BatchEncoder(model, cfg.data.cache_size if cfg.data.cache_frozen_features else 0,
-                           vision_frozen=not vision_trains, sam_encoder_frozen=True)
+    vision_trains = not is_frozen(model, VISION_TOWER)
+    encoder = stage_encoder(model, cfg)
     run = start_run(cfg, "grpo", engine, training_dataset(cfg.data))
     state, logger = run.state, run.logger
     every = cfg.checkpoint.every_steps
