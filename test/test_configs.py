@@ -2,7 +2,7 @@
 a YAML under training/configs/ fails CI instead of the first training run.
 
 A config file names its stage in one ``_``-separated part of its file name (``align_tiny.yaml``,
-``demo_sft.yaml``, ``demo_sam.yaml``). Configs of a stage whose module does not exist yet are skipped.
+``demo_sft.yaml``, ``demo_sam.yaml``, ``demo_vision.yaml``). Configs of a stage whose module does not exist yet are skipped.
 """
 import importlib
 import importlib.util
@@ -22,6 +22,7 @@ SCHEMAS = {
     "sft": ("training.sft", "SFTConfig"),
     "grpo": ("training.grpo.config", "GRPOConfig"),
     "sam": ("training.demo.sam_pretrain", "SamPretrainConfig"),  # the demo model's SAM 2 pretraining
+    "vision": ("training.demo.vision_pretrain", "VisionPretrainConfig"),  # ... and vision-tower pretraining
 }
 # Values a config may leave for the command line, filled in only where the file does not set them.
 PLACEHOLDERS = {"output_dir": "outputs/test", "max_steps": "1", "data.root": "data"}

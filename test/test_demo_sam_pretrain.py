@@ -34,15 +34,6 @@ def test_boxes_are_scaled_to_sam_input_and_jittered_within_bounds(data_root):
     assert ((jittered - exact).abs() <= 0.1 * extent + 1e-4).all()
 
 
-def test_an_item_is_one_image_with_all_of_its_targets(data_root):
-    targets = load_dataset("synthetic", data_root, "train", per="ref")
-    images = sam_pretrain.ImageTargets(targets)
-    items = [images[i] for i in range(len(images))]
-    assert sum(len(item) for item in items) == len(targets)
-    assert all(len({s.image_id for s in item}) == 1 for item in items)
-    assert len({item[0].image_id for item in items}) == len(items)
-
-
 def test_sam_pretraining_lowers_the_mask_loss_and_changes_only_sam(data_root, tmp_path):
     out = tmp_path / "out"
     args = ["--config", CONFIG, "model.init=tiny-random", f"data.root={data_root}", f"output_dir={out}",

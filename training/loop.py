@@ -76,6 +76,11 @@ def periodic_eval(model: LensModel, cfg: StageConfig) -> dict[str, float]:
     return {f"eval_{k}": float(v) for k, v in summary.items() if isinstance(v, float)}
 
 
+def periodic_eval_due(cfg: StageConfig, step: int) -> bool:
+    """Whether a periodic evaluation runs after optimizer step ``step`` (the final step has the final one)."""
+    return bool(cfg.eval_every_steps and cfg.data.eval_limit and step % cfg.eval_every_steps == 0 and step < cfg.max_steps)
+
+
 def set_train_modes(model: LensModel) -> None:
     """Train mode, except for a fully frozen SAM 2 or reasoner, which stays in eval mode (the authors'
     frozen SAM 2 uses the eval-mode multimask fallback). A frozen reasoner with gradient checkpointing
@@ -164,7 +169,7 @@ def run_supervised(
             state.data = run.sampler.state()
             logger.step(state.global_step, step_metrics, num_samples=step_samples, lr=engine.lr)
             step_metrics, step_samples = {}, 0
-            if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and cfg.data.eval_limit:
+            if periodic_eval_due(cfg, state.global_step):
                 logger.write(state.global_step, evaluate(model, cfg))
                 set_train_modes(model)
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:

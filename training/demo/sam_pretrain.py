@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from torch.utils.data import Dataset
 
 from lens_model import sam_head
 from lens_model.modeling import LensModel
 from training.common import distributed
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
-from training.data.dataset import TargetDataset
+from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
 from training.loop import run_supervised, trainable_parameters
@@ -52,24 +51,6 @@ def sam_boxes(samples: list[Sample], image_size: int, jitter: float) -> torch.Te
         boxes = boxes + (torch.rand(boxes.shape) * 2 - 1) * jitter * extent
     scale = torch.tensor([[image_size / s.width, image_size / s.height] * 2 for s in samples])
     return (boxes * scale).clamp(0, image_size)
-
-
-class ImageTargets(Dataset):
-    """Items are images: the list of samples of every target in the image (None if all are broken)."""
-
-    def __init__(self, dataset: TargetDataset) -> None:
-        groups: dict[str, list[int]] = {}
-        for index, target in enumerate(dataset.targets):
-            groups.setdefault(target.image_id, []).append(index)
-        self.dataset = dataset
-        self.groups = list(groups.values())
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, index: int) -> list[Sample] | None:
-        samples = [s for s in (self.dataset[i] for i in self.groups[index]) if s is not None]
-        return samples or None
 
 
 def box_prompted_logits(model: LensModel, images: list, boxes: torch.Tensor,

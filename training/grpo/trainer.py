@@ -11,8 +11,8 @@ from training.common.rng import seed_everything
 from training.grpo.config import GRPOConfig
 from training.grpo.rollout import Rollout, generate
 from training.grpo.update import policy_loss
-from training.loop import (SAM_IMAGE_ENCODER, VISION_TOWER, export, is_frozen, periodic_eval, stage_encoder, start_run,
-                           trainable_parameters)
+from training.loop import (SAM_IMAGE_ENCODER, VISION_TOWER, export, is_frozen, periodic_eval, periodic_eval_due,
+                           stage_encoder, start_run, trainable_parameters)
 from training.lora import apply_lora, lora_trainable, merge_lora
 from training.stage import build_model, training_dataset
 
@@ -83,7 +83,7 @@ def train(cfg: GRPOConfig) -> None:
                 rollout_s = 0.0
                 if state.global_step >= cfg.max_steps:
                     break
-            if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 and cfg.data.eval_limit:
+            if periodic_eval_due(cfg, state.global_step):
                 logger.write(state.global_step, periodic_eval(model, cfg))
                 set_train_modes(model)
             # Checkpoints only between rollout buffers, so a resumed run never re-samples half a buffer.
