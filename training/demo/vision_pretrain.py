@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lens_model.modeling import LensModel
+from lens_model.processor import EncodedImage
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
 from training.data.image_targets import ImageTargets
@@ -66,9 +67,9 @@ class DenseTargets:
     shape: torch.Tensor  # (N, S*S) silhouette in the box
 
 
-def token_grid(model: LensModel, image: np.ndarray) -> tuple[int, int]:
-    """Rows and columns of the merged image tokens the reasoner makes of ``image``."""
-    _, rows, cols = (int(v) for v in model.encode_image(image).grid_thw[0])
+def token_grid(model: LensModel, encoded: EncodedImage) -> tuple[int, int]:
+    """Rows and columns of the merged image tokens of an encoded image."""
+    _, rows, cols = (int(v) for v in encoded.grid_thw[0])
     merge = model.reasoner.config.vision_config.spatial_merge_size
     return rows // merge, cols // merge
 
@@ -116,9 +117,9 @@ def detach_probe(model: LensModel) -> None:
 def dense_losses(model: LensModel, images: list[list[Sample]], cfg: VisionPretrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     outputs, targets = [], []
     for samples in images:
-        image = samples[0].image
-        outputs.append(getattr(model, PROBE)(model.vision_embeds(model.encode_image(image))))
-        targets.append(dense_targets(samples, token_grid(model, image), cfg.shape_cells))
+        encoded = model.encode_image(samples[0].image)
+        outputs.append(getattr(model, PROBE)(model.vision_embeds(encoded)))
+        targets.append(dense_targets(samples, token_grid(model, encoded), cfg.shape_cells))
     out = torch.cat(outputs).float()
     present = torch.cat([t.present for t in targets]).to(out.device)
     box, colour, shape = (torch.cat([getattr(t, name) for t in targets]).to(out.device) for name in ("box", "colour", "shape"))
