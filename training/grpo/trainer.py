@@ -17,8 +17,9 @@ from training.lora import apply_lora, lora_trainable, merge_lora
 from training.stage import build_model, training_dataset
 
 
-def set_train_modes(model) -> None:
-    """Everything trains except the SAM 2 image encoder, whose features the G completions share."""
+def set_rollout_train_modes(model) -> None:
+    """Everything in train mode except the SAM 2 image encoder, whose features the G completions share.
+    (Unlike ``training.loop.set_train_modes``, a frozen SAM 2 decoder stays in train mode here.)"""
     model.train()
     model.sam.image_encoder.eval()
 
@@ -54,7 +55,7 @@ def train(cfg: GRPOConfig) -> None:
         raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
     if reference is not None:
         reference.to(engine.device, torch.bfloat16 if cfg.engine.bf16 else model.dtype)
-    set_train_modes(model)
+    set_rollout_train_modes(model)
     vision_trains = not is_frozen(model, VISION_TOWER)
     encoder = stage_encoder(model, cfg)
     run = start_run(cfg, "grpo", engine, training_dataset(cfg.data))
@@ -85,7 +86,7 @@ def train(cfg: GRPOConfig) -> None:
                     break
             if periodic_eval_due(cfg, state.global_step):
                 logger.write(state.global_step, periodic_eval(model, cfg))
-                set_train_modes(model)
+                set_rollout_train_modes(model)
             # Checkpoints only between rollout buffers, so a resumed run never re-samples half a buffer.
             if every and state.global_step // every > saved_block:
                 run.checkpoints.save(engine, state, cfg)
