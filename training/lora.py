@@ -6,6 +6,7 @@ adapters merged into the weights.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -13,11 +14,12 @@ import torch
 from lens_model.modeling import LensModel
 
 LORA_MARK = ".lora_"
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoraSection:
-    rank: int = 0  # 0: no adapters (the ``trainable`` prefixes train full weights)
+    rank: int = 0  # 0: no adapters (the ``trainable`` prefixes train full weights); > 0: see lora_trainable
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: [
@@ -35,13 +37,22 @@ def apply_lora(model: LensModel, section: LoraSection) -> None:
 
 
 def lora_trainable(model: LensModel, prefixes: list[str]) -> list[torch.nn.Parameter]:
-    """With adapters, the reasoner learns only through them; other ``prefixes`` train as usual."""
-    chosen = []
+    """The parameters that learn when adapters are present: every adapter, plus what ``prefixes``
+    select outside the reasoner. With adapters the reasoner learns only through them (the point of
+    LoRA is not to hold optimizer state for its weights), so reasoner weights that ``prefixes`` select
+    stay frozen; a warning says how many."""
+    chosen, set_aside = [], 0
     for name, param in model.named_parameters():
         if LORA_MARK in name:
             chosen.append(param)
-        elif name.startswith(tuple(prefixes)) and not name.startswith("reasoner."):
-            chosen.append(param)
+        elif name.startswith(tuple(prefixes)):
+            if name.startswith("reasoner."):
+                set_aside += 1
+            else:
+                chosen.append(param)
+    if set_aside:
+        log.warning("lora.rank > 0: the reasoner learns through its adapters only; %d reasoner weight tensors "
+                    "selected by trainable %s stay frozen", set_aside, prefixes)
     if not chosen:
         raise ValueError("no LoRA adapters and no other trainable parameters")
     return chosen

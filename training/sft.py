@@ -8,9 +8,9 @@ for template "reasoning", a fenced JSON box for "direct"), box in the reasoner's
 loss is the mean negative log-likelihood of the completion tokens (end-of-turn token included);
 prompt and image tokens carry no loss. What learns is chosen by parameter-name prefix (default the
 whole reasoner; ``freeze_vision_tower`` keeps the vision tower fixed). With ``lora.rank > 0`` the
-language model's ``lora.target_modules`` get LoRA adapters (peft) that learn instead of their weights
-(``trainable`` then adds full parameters, e.g. ``[]`` for LoRA only); the adapters are merged into the
-weights before export, so the output is a plain LENS model. The loop (checkpoints, resume, logging,
+language model's ``lora.target_modules`` get LoRA adapters (peft) and the reasoner learns only through
+them, as in GRPO (``training.lora.lora_trainable``: ``trainable`` then only adds parts outside the
+reasoner); the adapters are merged into the weights before export, so the output is a plain LENS model. The loop (checkpoints, resume, logging,
 evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
 parse-failure rate and the box accuracy of greedy generations.
 """
@@ -23,7 +23,7 @@ import torch
 
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
-from training.lora import LORA_MARK, LoraSection, apply_lora, merge_lora
+from training.lora import LoraSection, apply_lora, lora_trainable, merge_lora
 from training.loop import VISION_TOWER, run_supervised, trainable_parameters
 from training.stage import BatchEncoder, StageConfig, build_model
 
@@ -55,18 +55,12 @@ def sft_step(model, encoder: BatchEncoder, samples) -> tuple[torch.Tensor, dict[
 def train(cfg: SFTConfig) -> None:
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
-    exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
-    params = trainable_parameters(model, list(cfg.trainable), exclude) if cfg.trainable else []
     if cfg.lora.rank > 0:
         apply_lora(model, cfg.lora)
-        params = [p for name, p in model.named_parameters() if LORA_MARK in name] + params
-        chosen = {id(p) for p in params}
-        adapted = [name for name, p in model.named_parameters() if ".base_layer." in name and id(p) in chosen]
-        if adapted:
-            raise ValueError(f"trainable {list(cfg.trainable)} also selects weights LoRA adapts ({adapted[0]}, ...); "
-                             "with lora.rank > 0 set trainable to [] or to modules without adapters")
-    if not params:
-        raise ValueError("nothing to train: trainable is empty and lora.rank is 0")
+        params = lora_trainable(model, list(cfg.trainable))
+    else:
+        exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
+        params = trainable_parameters(model, list(cfg.trainable), exclude)
     run_supervised(cfg, "sft", model, params, sft_step, before_export=merge_lora if cfg.lora.rank > 0 else None)
 
 
