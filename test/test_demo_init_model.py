@@ -49,6 +49,23 @@ def test_patch_and_merge_sizes_set_the_number_of_image_tokens(data_root, tmp_pat
     assert model.predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4).mask.shape == (112, 112)
 
 
+def test_language_model_initial_weight_scale_is_an_option(data_root, tmp_path):
+    """``--lm-init-std`` scales the language model's initial weights (embeddings included) and leaves
+    the vision tower at its own initialisation."""
+    stds = {}
+    for std in (0.02, 0.125):
+        out = tmp_path / str(std)
+        assert init_model.main(["--data", str(data_root), "--out", str(out), "--hidden", "64", "--layers", "2",
+                                "--num-queries", "4", "--lm-init-std", str(std)]) == 0
+        reasoner = load_model(str(out)).reasoner
+        language = reasoner.model.language_model
+        stds[std] = [float(w.std()) for w in (language.layers[0].self_attn.q_proj.weight, language.embed_tokens.weight,
+                                              reasoner.model.visual.blocks[0].attn.qkv.weight)]
+    for std in stds:
+        assert stds[std][0] == pytest.approx(std, rel=0.05) and stds[std][1] == pytest.approx(std, rel=0.05)
+        assert stds[std][2] == pytest.approx(0.02, rel=0.05)
+
+
 def test_architecture_rejects_sizes_the_pipeline_cannot_use():
     with pytest.raises(ValueError, match="multiple of patch_size x merge_size = 28"):
         init_model.DemoArchitecture(image_size=100)

@@ -12,7 +12,8 @@
 * ``template`` "reasoning", and the reasoner sees images at exactly ``--image-size`` pixels (a
   multiple of 28), so its frame and the synthetic images' pixel frame coincide.
 * Two departures from Qwen's defaults for a from-scratch model on these scenes: text RoPE base
-  ``--rope-theta`` 10 (see ``DemoArchitecture``) and pixel normalisation centred on the backgrounds.
+  ``--rope-theta`` 10 (see ``DemoArchitecture``) and pixel normalisation centred on the backgrounds;
+  ``--lm-init-std`` sets the language model's initial weight scale (Qwen's 0.02 by default).
 """
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ class DemoArchitecture:
     # shapes carry the patch embeddings (CLIP's statistics map the background to about +1.1).
     pixel_mean: float = 0.8
     pixel_std: float = 0.25
+    # Standard deviation of the language model's initial weights (embeddings included). Qwen's 0.02
+    # suits its widths (0.02 ~ 2048 ** -0.5); at width 128 it is 4.4x below 128 ** -0.5 = 0.088,
+    # with which binding a query to one of several candidates starts about twice as early
+    # (docs/demo_model.md, fourth round).
+    lm_init_std: float = 0.02
 
     def __post_init__(self) -> None:
         merged_patch = self.patch_size * self.merge_size
@@ -124,6 +130,7 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
     )
     reasoner_config = tiny.reasoner_config(tokenizer, arch.hidden, arch.layers, arch.heads)
     reasoner_config.text_config.rope_parameters["rope_theta"] = arch.rope_theta
+    reasoner_config.text_config.initializer_range = arch.lm_init_std
     reasoner_config.vision_config.update(dict(
         depth=arch.vision_depth, hidden_size=arch.vision_hidden, intermediate_size=2 * arch.vision_hidden,
         num_heads=arch.vision_heads, window_size=arch.image_size, fullatt_block_indexes=[arch.vision_depth - 1],
