@@ -59,7 +59,7 @@ def test_language_model_initial_weight_scale_is_an_option(data_root, tmp_path):
                                 "--num-queries", "4", "--lm-init-std", str(std)]) == 0
         reasoner = load_model(str(out)).reasoner
         language = reasoner.model.language_model
-        stds[std] = [float(w.std()) for w in (language.layers[0].self_attn.q_proj.weight, language.embed_tokens.weight,
+        stds[std] = [float(w.detach().std()) for w in (language.layers[0].self_attn.q_proj.weight, language.embed_tokens.weight,
                                               reasoner.model.visual.blocks[0].attn.qkv.weight)]
     for std in stds:
         assert stds[std][0] == pytest.approx(std, rel=0.05) and stds[std][1] == pytest.approx(std, rel=0.05)
