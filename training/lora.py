@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lens_model.modeling import LensModel
+from training.loop import trainable_parameters
 
 LORA_MARK = ".lora_"
 log = logging.getLogger(__name__)
@@ -56,6 +57,16 @@ def lora_trainable(model: LensModel, prefixes: list[str]) -> list[torch.nn.Param
     if not chosen:
         raise ValueError("no LoRA adapters and no other trainable parameters")
     return chosen
+
+
+def stage_trainable(model: LensModel, prefixes: list[str], section: LoraSection,
+                    exclude: list[str] | None = None) -> list[torch.nn.Parameter]:
+    """What a stage trains: without adapters the parameters ``prefixes`` select (minus ``exclude``);
+    with ``section.rank > 0`` the adapters are injected first and ``lora_trainable`` decides."""
+    if section.rank > 0:
+        apply_lora(model, section)
+        return lora_trainable(model, prefixes)
+    return trainable_parameters(model, prefixes, exclude or [])
 
 
 def merge_lora(model: LensModel) -> None:

@@ -10,8 +10,8 @@ prompt and image tokens carry no loss. What learns is chosen by parameter-name p
 whole reasoner; ``freeze_vision_tower`` keeps the vision tower fixed). With ``lora.rank > 0`` the
 language model's ``lora.target_modules`` get LoRA adapters (peft) and the reasoner learns only through
 them, as in GRPO (``training.lora.lora_trainable``: ``trainable`` then only adds parts outside the
-reasoner); the adapters are merged into the weights before export, so the output is a plain LENS model. The loop (checkpoints, resume, logging,
-evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
+reasoner); the adapters are merged into the weights before export, so the output is a plain LENS
+model. The loop (checkpoints, resume, logging, evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
 parse-failure rate and the box accuracy of greedy generations.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
-from training.lora import LoraSection, apply_lora, lora_trainable, merge_lora
-from training.loop import VISION_TOWER, run_supervised, trainable_parameters
+from training.lora import LoraSection, merge_lora, stage_trainable
+from training.loop import VISION_TOWER, run_supervised
 from training.stage import BatchEncoder, StageConfig, build_model
 
 
@@ -55,12 +55,8 @@ def sft_step(model, encoder: BatchEncoder, samples) -> tuple[torch.Tensor, dict[
 def train(cfg: SFTConfig) -> None:
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
-    if cfg.lora.rank > 0:
-        apply_lora(model, cfg.lora)
-        params = lora_trainable(model, list(cfg.trainable))
-    else:
-        exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
-        params = trainable_parameters(model, list(cfg.trainable), exclude)
+    exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
+    params = stage_trainable(model, list(cfg.trainable), cfg.lora, exclude)
     run_supervised(cfg, "sft", model, params, sft_step, before_export=merge_lora if cfg.lora.rank > 0 else None)
 
 

@@ -12,8 +12,8 @@ from training.grpo.config import GRPOConfig
 from training.grpo.rollout import Rollout, generate
 from training.grpo.update import policy_loss
 from training.loop import (SAM_IMAGE_ENCODER, VISION_TOWER, export, is_frozen, periodic_eval, periodic_eval_due,
-                           stage_encoder, start_run, trainable_parameters)
-from training.lora import apply_lora, lora_trainable, merge_lora
+                           stage_encoder, start_run)
+from training.lora import merge_lora, stage_trainable
 from training.stage import build_model, training_dataset
 
 
@@ -44,12 +44,8 @@ def train(cfg: GRPOConfig) -> None:
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
     reference = reference_policy(model, cfg)
-    prefixes = list(cfg.trainable)
-    if cfg.lora.rank > 0:
-        apply_lora(model, cfg.lora)  # after the reference copy, which keeps the plain starting weights
-        params = lora_trainable(model, prefixes)
-    else:
-        params = trainable_parameters(model, prefixes)
+    # Adapters (if any) go in after the reference copy, which keeps the plain starting weights.
+    params = stage_trainable(model, list(cfg.trainable), cfg.lora)
     engine = build_engine(model, params, cfg.engine, total_steps=cfg.max_steps)
     if not is_frozen(model, SAM_IMAGE_ENCODER):
         raise ValueError("the SAM 2 image encoder stays frozen in GRPO (its features are shared by the G completions)")
