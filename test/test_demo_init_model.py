@@ -73,3 +73,5 @@ def test_architecture_rejects_sizes_the_pipeline_cannot_use():
         init_model.DemoArchitecture(image_size=84, patch_size=28, merge_size=4)
     with pytest.raises(ValueError, match="multiple of 32"):
         init_model.DemoArchitecture(sam_image_size=100)
+    with pytest.raises(ValueError, match="lm_init_std must be positive"):
+        init_model.DemoArchitecture(lm_init_std=0.0)

@@ -79,6 +79,8 @@ class DemoArchitecture:
             raise ValueError(f"image_size must be a multiple of patch_size x merge_size = {merged_patch}, got {self.image_size}")
         if self.sam_image_size % 32:
             raise ValueError(f"sam_image_size must be a multiple of 32 (Hiera's stride), got {self.sam_image_size}")
+        if not self.lm_init_std > 0:
+            raise ValueError(f"lm_init_std must be positive, got {self.lm_init_std}")
         if self.hidden % self.heads or (self.hidden // self.heads) % 8:
             raise ValueError("hidden / heads must be a multiple of 8 (M-RoPE sections)")
 
