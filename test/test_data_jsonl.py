@@ -46,6 +46,7 @@ def robot_data(tmp_path: Path) -> Path:
             "mask": "masks/0001_cup.png",
             "ignore": "masks/0001_ignore.png",
             "reasoning": ["cups are red", "it is left"],
+            "meta": {"scene": "kitchen", "dark": False},
         },
         {
             "image": str(absolute),
@@ -63,6 +64,7 @@ def robot_data(tmp_path: Path) -> Path:
         {"image": "frames/0001.png", "text": ["x", "y"], "mask": "masks/0001_cup.png", "reasoning": ["one"]},
         {"image": "frames/0001.png", "text": [""], "mask": "masks/0001_cup.png"},
         {"image": "frames/0001.png", "text": "x", "mask": 42},
+        {"image": "frames/0001.png", "text": "x", "mask": "masks/0001_cup.png", "meta": {"tags": ["a"]}},
     ]
     (tmp_path / "train.jsonl").write_text(
         "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
@@ -79,6 +81,7 @@ def test_png_and_rle_masks_texts_reasoning_and_ignore(robot_data: Path) -> None:
         "cup",
     )
     assert (second.text, second.reasoning, second.sample_id) == ("the cup on the left", "it is left", "cup:1")
+    assert first.meta == second.meta == {"scene": "kitchen", "dark": False} and third.meta == {}
     assert first.mask.sum() == 100 and first.box == (10.0, 5.0, 20.0, 15.0)  # box from the mask
     assert first.ignore is not None and first.ignore.sum() == 2 * WIDTH
     np.testing.assert_array_equal(third.mask, first.mask)
@@ -104,6 +107,7 @@ def test_broken_lines_are_skipped_and_counted(robot_data: Path) -> None:
         "undecodable image": 1,
         "empty mask": 1,
         "mask size mismatch": 1,
+        "bad meta": 1,
     }
 
 
@@ -129,6 +133,7 @@ def test_write_jsonl_round_trips_exactly(synthetic_samples: list[Sample], tmp_pa
         np.testing.assert_array_equal(copy.image, original.image)
         np.testing.assert_array_equal(copy.mask, original.mask)
         assert (copy.text, copy.box, copy.reasoning) == (original.text, original.box, original.reasoning)
+        assert copy.meta == original.meta and "expression_type" in copy.meta
 
 
 def test_groundingsuite_and_reasonseg_exports_load_back(synthetic_samples: list[Sample], tmp_path: Path) -> None:

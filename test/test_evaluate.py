@@ -36,6 +36,26 @@ def test_cli_writes_metrics_json(data_root, tmp_path, capsys):
     assert not list(tmp_path.glob("*.partial.*"))
 
 
+def test_metrics_per_expression_type(data_root, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--model", "tiny-random", "--data", str(data_root), "--dataset", "synthetic", "--split", "val",
+                          "--output", str(out), "--limit", "8", "--max-new-tokens", "4", "--group-by", "expression_type"]) == 0
+    result = json.loads(out.read_text())
+    dataset = load_dataset("synthetic", data_root, "val", per="sentence")
+    expected = {dataset[i].meta["expression_type"] for i in range(8)}
+    assert set(result["by_group"]) == expected and len(expected) > 1
+    assert sum(m["num_expressions"] for m in result["by_group"].values()) == result["metrics"]["num_expressions"] == 8
+    assert result["run"]["group_by"] == "expression_type"
+    printed = capsys.readouterr().out
+    assert all(label in printed for label in expected)
+
+
+def test_a_sample_without_the_field_is_grouped_as_missing(data_root):
+    sample = load_dataset("synthetic", data_root, "val", per="sentence")[0]
+    assert evaluate.group_label(sample, "is_sentence") == "missing"
+    assert evaluate.group_label(sample, "expression_type") == sample.meta["expression_type"]
+
+
 def test_resume_after_a_crash_gives_the_same_metrics(data_root, model, tmp_path):
     dataset = load_dataset("synthetic", data_root, "train", per="sentence")
     full = evaluate.run_evaluation(model, dataset, SegmentationMeter(), limit=12, batch_size=3,

@@ -145,3 +145,34 @@ def test_meters_from_several_shards_merge() -> None:
     with pytest.raises(ValueError, match="already scored"):
         first.merge(third)
     assert "c" not in first.boxes  # a refused merge changes nothing
+
+
+def test_metrics_per_group_are_the_summaries_of_each_groups_samples() -> None:
+    meter = SegmentationMeter()
+    for sample_id, pred, label in (("a", ["#."], "short"), ("b", ["##"], "long"), ("c", [".."], "short")):
+        meter.add_mask(sample_id, _mask(pred), _mask(["##"]))
+        meter.add_box(sample_id, (0, 0, 2, 1) if label == "long" else None, (0, 0, 2, 1))
+        meter.add_group(sample_id, label)
+    by_group = meter.summary_by_group()
+    assert list(by_group) == ["long", "short"]
+    assert by_group["short"]["num_expressions"] == 2 and by_group["short"]["gIoU"] == pytest.approx(0.25)
+    assert by_group["long"]["gIoU"] == 1.0 and by_group["long"]["box_accuracy"] == 1.0
+    assert by_group["short"]["box_accuracy"] == 0.0
+    assert meter.summary()["gIoU"] == pytest.approx(1.5 / 3)  # the whole split is unchanged
+    with pytest.raises(ValueError, match="already scored"):
+        meter.add_group("a", "long")
+    restored = SegmentationMeter.from_dict(json.loads(json.dumps(meter.to_dict())))
+    assert restored.summary_by_group() == by_group
+    other = SegmentationMeter()
+    other.add_mask("d", _mask(["##"]), _mask(["##"]))
+    other.add_group("d", "short")
+    restored.merge(other)
+    assert restored.summary_by_group()["short"]["num_expressions"] == 3
+
+
+def test_meters_saved_before_groups_existed_still_load() -> None:
+    meter = SegmentationMeter()
+    meter.add_mask("a", _mask(["#."]), _mask(["##"]))
+    saved = meter.to_dict()
+    del saved["groups"]
+    assert SegmentationMeter.from_dict(saved) == meter and meter.summary_by_group() == {}

@@ -1,14 +1,15 @@
 """Evaluate a LENS model: gIoU, cIoU, box accuracy, parse failures and generated length.
 
     python -m training.evaluate --model ID_OR_PATH --data DIR --dataset refcoco --split val \
-        [--output results.json] [--limit N] [--batch-size 8] [--device cuda]
+        [--output results.json] [--limit N] [--batch-size 8] [--device cuda] [--group-by KEY]
 
 Every referring expression is one sample, scored at the original image resolution against the
 binarised ground truth with ignore regions excluded (see ``training.metrics``). Expressions of one
 image are predicted together (``predict_many`` shares the image encodings). Partial results are
 saved atomically every few batches next to the output, so an evaluation that dies resumes where
 it stopped. Under a distributed launcher each rank scores every world_size-th sample and rank 0
-merges the results.
+merges the results. ``--group-by KEY`` also reports the metrics per value of a dataset's per-query
+field (ReasonSeg ``is_sentence``: long vs short queries; synthetic ``expression_type``).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--save-every", type=int, default=20, help="save partial results every N batches")
     parser.add_argument("--restart", action="store_true", help="ignore saved partial results")
+    parser.add_argument("--group-by", default=None, metavar="KEY",
+                        help="also report metrics per value of this per-query field (e.g. is_sentence, expression_type)")
     return parser
 
 
@@ -60,15 +63,23 @@ def image_batches(samples: Iterator[Sample], batch_size: int) -> Iterator[list[S
         yield batch
 
 
-def score(meter: SegmentationMeter, sample: Sample, result) -> None:
+def group_label(sample: Sample, key: str) -> str:
+    """The sample's value of ``meta[key]`` as a group label ("missing" when it has none)."""
+    value = sample.meta.get(key)
+    return "missing" if value is None else str(value).lower()
+
+
+def score(meter: SegmentationMeter, sample: Sample, result, group_by: str | None = None) -> None:
     meter.add_mask(sample.sample_id, result.mask, sample.mask, sample.ignore)
     meter.add_box(sample.sample_id, result.box, sample.box)
     meter.add_generation(sample.sample_id, result.box is not None, result.generated_tokens)
+    if group_by is not None:
+        meter.add_group(sample.sample_id, group_label(sample, group_by))
 
 
 def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | None = None, batch_size: int = 8,
                    template: str | None = None, max_new_tokens: int | None = None, rank: int = 0, world_size: int = 1,
-                   on_batch=None, progress: bool = True) -> SegmentationMeter:
+                   on_batch=None, progress: bool = True, group_by: str | None = None) -> SegmentationMeter:
     """Score every not-yet-scored sample of this rank's shard into ``meter``."""
     indices = [i for i in range(len(dataset) if limit is None else min(limit, len(dataset))) if i % world_size == rank]
 
@@ -82,7 +93,7 @@ def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | Non
     for batch in image_batches(pending(), batch_size):
         results = model.predict_many(batch[0].image, [s.text for s in batch], template=template, max_new_tokens=max_new_tokens)
         for sample, result in zip(batch, results):
-            score(meter, sample, result)
+            score(meter, sample, result, group_by)
         bar.update(len(batch))
         summary = meter.summary()
         bar.set_postfix(gIoU=f"{100 * (summary['gIoU'] or 0):.1f}", cIoU=f"{100 * (summary['cIoU'] or 0):.1f}")
@@ -98,6 +109,16 @@ def format_table(summary: dict[str, Any], title: str) -> str:
             for key, value in summary.items()]
     width = max(len(k) for k, _ in rows)
     lines = [title, "-" * (width + 12)] + [f"{k:<{width}}  {v:>9}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def format_group_table(by_group: dict[str, dict[str, Any]], key: str) -> str:
+    """One line per group: expressions, gIoU, cIoU, box accuracy (percent)."""
+    width = max([len(key)] + [len(label) for label in by_group])
+    lines = [f"{key:<{width}}  {'n':>6}  {'gIoU':>6}  {'cIoU':>6}  {'box acc':>7}"]
+    for label, metrics in by_group.items():
+        values = [f"{100 * metrics[k]:.2f}" if metrics[k] is not None else "-" for k in ("gIoU", "cIoU", "box_accuracy")]
+        lines.append(f"{label:<{width}}  {metrics['num_expressions']:>6}  {values[0]:>6}  {values[1]:>6}  {values[2]:>7}")
     return "\n".join(lines)
 
 
@@ -151,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     output = Path(args.output or f"eval_{args.dataset}_{args.split or 'all'}.json")
     run = {"model": args.model, "dataset": args.dataset, "split": args.split, "data": str(Path(args.data).resolve()),
-           "template": args.template, "max_new_tokens": args.max_new_tokens, "limit": args.limit}
+           "template": args.template, "max_new_tokens": args.max_new_tokens, "limit": args.limit,
+           **({"group_by": args.group_by} if args.group_by else {})}
     try:
         dataset = load_dataset(args.dataset, args.data, args.split, per="sentence")
         model = load_model(args.model, device=device, dtype=args.dtype)
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_evaluation(model, dataset, meter, limit=args.limit, batch_size=args.batch_size, template=args.template,
                    max_new_tokens=args.max_new_tokens, rank=rank, world_size=world, on_batch=checkpoint,
-                   progress=distributed.is_main())
+                   progress=distributed.is_main(), group_by=args.group_by)
     partial.save(meter)
     meters = distributed.all_gather_object(meter)
     if distributed.is_main():
@@ -181,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = merged.summary()
         title = f"{args.model} on {args.dataset} {args.split or ''} ({summary['num_expressions']} expressions)"
         print(format_table(summary, title))
-        skipped = dict(dataset.skips.counts)
-        write_json_atomic(output, {"run": run, "metrics": summary, "skipped": skipped,
-                                   "random_weights": model.config.random_weights})
+        results = {"run": run, "metrics": summary, "skipped": dict(dataset.skips.counts),
+                   "random_weights": model.config.random_weights}
+        if args.group_by is not None:
+            results["by_group"] = merged.summary_by_group()
+            print(format_group_table(results["by_group"], args.group_by))
+        write_json_atomic(output, results)
         print(f"wrote {output}")
     distributed.barrier()
     partial.remove()

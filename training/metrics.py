@@ -15,7 +15,7 @@ through ``to_dict``/``from_dict`` so an interrupted evaluation can be saved and 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,8 @@ class SegmentationMeter:
     masks: dict[str, tuple[int, int]] = field(default_factory=dict)
     boxes: dict[str, float] = field(default_factory=dict)
     generations: dict[str, tuple[bool, int]] = field(default_factory=dict)
+    # Optional subset label per sample (ReasonSeg short/long query, synthetic expression type ...).
+    groups: dict[str, str] = field(default_factory=dict)
 
     def add_mask(
         self,
@@ -145,6 +147,10 @@ class SegmentationMeter:
         _check_new(sample_id, self.generations, "generation")
         self.generations[sample_id] = (bool(parsed), int(num_tokens))
 
+    def add_group(self, sample_id: str, label: str) -> None:
+        _check_new(sample_id, self.groups, "group")
+        self.groups[sample_id] = str(label)
+
     def __contains__(self, sample_id: str) -> bool:
         """Whether this sample's mask was already scored (to skip it when resuming)."""
         return sample_id in self.masks
@@ -160,6 +166,7 @@ class SegmentationMeter:
             (self.masks, other.masks, "mask"),
             (self.boxes, other.boxes, "box"),
             (self.generations, other.generations, "generation"),
+            (self.groups, other.groups, "group"),
         )
         for mine, theirs, kind in pairs:  # check everything first so a refused merge changes nothing
             for sample_id in theirs:
@@ -167,6 +174,7 @@ class SegmentationMeter:
         self.masks.update(other.masks)
         self.boxes.update(other.boxes)
         self.generations.update(other.generations)
+        self.groups.update(other.groups)
 
     def summary(self) -> dict[str, MeterValue]:
         """gIoU, cIoU, box IoU and accuracy as fractions in [0, 1]; None where nothing was scored."""
@@ -185,6 +193,23 @@ class SegmentationMeter:
             "mean_generated_tokens": _mean([float(tokens) for _, tokens in self.generations.values()]),
         }
 
+    def subset(self, sample_ids: Iterable[str]) -> SegmentationMeter:
+        """A meter holding only these samples' results."""
+        keep = set(sample_ids)
+
+        def pick(scored: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in scored.items() if k in keep}
+
+        return SegmentationMeter(self.box_threshold, pick(self.masks), pick(self.boxes), pick(self.generations),
+                                 pick(self.groups))
+
+    def summary_by_group(self) -> dict[str, dict[str, MeterValue]]:
+        """``summary()`` of each group label's samples, labels sorted; empty when nothing is grouped."""
+        members: dict[str, list[str]] = {}
+        for sample_id, label in self.groups.items():
+            members.setdefault(label, []).append(sample_id)
+        return {label: self.subset(members[label]).summary() for label in sorted(members)}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state."""
         return {
@@ -193,6 +218,7 @@ class SegmentationMeter:
             "masks": {k: list(v) for k, v in self.masks.items()},
             "boxes": dict(self.boxes),
             "generations": {k: list(v) for k, v in self.generations.items()},
+            "groups": dict(self.groups),
         }
 
     @classmethod
@@ -204,6 +230,7 @@ class SegmentationMeter:
             masks={k: (int(i), int(u)) for k, (i, u) in data["masks"].items()},
             boxes={k: float(v) for k, v in data["boxes"].items()},
             generations={k: (bool(p), int(n)) for k, (p, n) in data["generations"].items()},
+            groups={k: str(v) for k, v in data.get("groups", {}).items()},  # absent in files of older versions
         )
 
 

@@ -28,7 +28,7 @@ def safe_name(text: str) -> str:
 
 def write_jsonl(samples: Iterable[Sample], path: Path, *, mask_format: Literal["rle", "png"] = "rle") -> int:
     """One line per sample; images (PNG) go to ``images/`` and PNG masks to ``masks/`` next to the
-    file. Returns the number of lines written."""
+    file; the scalar entries of ``meta`` are kept. Returns the number of lines written."""
     path = Path(path)
     folder = path.parent
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,9 @@ def write_jsonl(samples: Iterable[Sample], path: Path, *, mask_format: Literal["
                 )
             if sample.reasoning is not None:
                 record["reasoning"] = sample.reasoning
+            meta = {k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}
+            if meta:
+                record["meta"] = meta
             handle.write(json.dumps(record) + "\n")
             count += 1
     return count

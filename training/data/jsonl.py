@@ -8,7 +8,9 @@ One JSON object per line:
 - optional ``box`` [x1, y1, x2, y2] in pixels (default: the mask's extent, exclusive max);
 - optional ``ignore``: PNG path or RLE of pixels left out of the metrics;
 - optional ``reasoning``: a string, or a list parallel to ``text``;
-- optional ``id``: sample ids become ``{id}:{k}`` (default: the line number).
+- optional ``id``: sample ids become ``{id}:{k}`` (default: the line number);
+- optional ``meta``: an object of strings, numbers and booleans copied to every sample of the line
+  (for example the scene or lighting, to evaluate per condition with ``--group-by``).
 
 See docs/datasets.md for an example.
 """
@@ -86,14 +88,22 @@ def _mask_source(value: Any, folder: Path, field: str) -> MaskSource:
     raise BrokenEntry("missing field", f"'{field}' must be an RLE dict or a PNG path")
 
 
+def _meta(record: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    meta = record.get("meta", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, (str, int, float, bool)) for v in meta.values()):
+        raise BrokenEntry("bad meta", "'meta' must be an object of strings, numbers and booleans")
+    return meta
+
+
 def _queries(record: dict[str, Any], base_id: str) -> tuple[Query, ...]:
     text, reasoning = record.get("text"), record.get("reasoning")
     texts = [text] if isinstance(text, str) else text if isinstance(text, list) else []
     if isinstance(reasoning, list) and len(reasoning) != len(texts):
         raise BrokenEntry("bad reasoning", f"{len(reasoning)} reasoning strings for {len(texts)} texts")
     reasons = reasoning if isinstance(reasoning, list) else [reasoning] * len(texts)
+    meta = _meta(record)
     queries = tuple(
-        Query(t.strip(), f"{base_id}:{k}", r if isinstance(r, str) else None)
+        Query(t.strip(), f"{base_id}:{k}", r if isinstance(r, str) else None, meta)
         for k, (t, r) in enumerate(zip(texts, reasons, strict=True))
         if isinstance(t, str) and t.strip()
     )

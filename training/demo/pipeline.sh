@@ -30,7 +30,7 @@ side_by_side() {  # run two shell commands in parallel; fail if either fails
 }
 
 evaluate() {  # evaluate MODEL_DIR on the held-out test split into MODEL_DIR/eval_test.json
-    echo "$PY -m training.evaluate --model $1 --data $DATA --dataset synthetic --split test --output $1/eval_test.json $EVAL_LIMIT"
+    echo "$PY -m training.evaluate --model $1 --data $DATA --dataset synthetic --split test --output $1/eval_test.json --group-by expression_type $EVAL_LIMIT"
 }
 
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
