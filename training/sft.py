@@ -11,18 +11,22 @@ whole reasoner; ``freeze_vision_tower`` keeps the vision tower fixed). With ``lo
 language model's ``lora.target_modules`` get LoRA adapters (peft) and the reasoner learns only through
 them, as in GRPO (``training.lora.lora_trainable``: ``trainable`` then only adds parts outside the
 reasoner); the adapters are merged into the weights before export, so the output is a plain LENS
-model. The loop (checkpoints, resume, logging, evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
+model. ``grounding_attention.weight > 0`` adds the attention-grounding loss of
+``training.grounding_attention`` (for reasoners trained from scratch). The loop (checkpoints, resume, logging, evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
 parse-failure rate and the box accuracy of greedy generations.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
+from training.grounding_attention import (GroundingAttentionSection, attention_modules, box_number_positions,
+                                          grounding_attention_loss, recorded_attention, target_distribution)
 from training.lora import LoraSection, merge_lora, stage_trainable
 from training.loop import VISION_TOWER, run_supervised
 from training.stage import BatchEncoder, StageConfig, build_model
@@ -34,6 +38,7 @@ class SFTConfig(StageConfig):
     trainable: list[str] = field(default_factory=lambda: ["reasoner."])
     freeze_vision_tower: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
+    grounding_attention: GroundingAttentionSection = field(default_factory=GroundingAttentionSection)
 
 
 def completion_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -42,22 +47,42 @@ def completion_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def sft_step(model, encoder: BatchEncoder, samples) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_step(model, encoder: BatchEncoder, samples,
+             grounding: GroundingAttentionSection | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     template = model.config.template
     batch = encoder.encode(samples, template, with_sam_features=False)
-    ids, mask = model.encode_completions(batch.teacher_answers(template))
-    logprobs, _ = model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask, with_logprobs=True,
-                                         with_query_states=False)
-    loss = completion_nll(logprobs, mask)
-    return loss, {"loss": float(loss.detach()), "completion_tokens": float(mask.sum()) / len(samples)}
+    answers = batch.teacher_answers(template)
+    ids, mask = model.encode_completions(answers)
+    grounded = grounding is not None and grounding.weight > 0
+    with recorded_attention(attention_modules(model.reasoner, grounding.layers) if grounded else []) as attention:
+        logprobs, _ = model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask,
+                                             with_logprobs=True, with_query_states=False)
+    nll = completion_nll(logprobs, mask)
+    metrics = {"completion_nll": float(nll.detach()), "completion_tokens": float(mask.sum()) / len(samples)}
+    loss = nll
+    if grounded:
+        merge = model.processor.merge_size
+        grids = [(int(g[1]) // merge, int(g[2]) // merge) for g in batch.grid_thw]
+        tokenizer = model.processor.tokenizer
+        aux = grounding_attention_loss(
+            attention, grounding.head, batch.prompts.input_ids, model.processor.image_token_id, grids,
+            [target_distribution(s, grid, grounding.target) for s, grid in zip(samples, grids)],
+            [box_number_positions(tokenizer, a, box) for a, box in zip(answers, batch.gt_boxes_in_reasoner_frame())])
+        metrics["grounding_attention"] = float(aux.detach())
+        loss = nll + grounding.weight * aux
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
 
 
 def train(cfg: SFTConfig) -> None:
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
+    if cfg.grounding_attention.weight > 0:
+        model.reasoner.set_attn_implementation("eager")  # the loss reads the attention probabilities
     exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
     params = stage_trainable(model, list(cfg.trainable), cfg.lora, exclude)
-    run_supervised(cfg, "sft", model, params, sft_step, before_export=merge_lora if cfg.lora.rank > 0 else None)
+    step = partial(sft_step, grounding=cfg.grounding_attention)
+    run_supervised(cfg, "sft", model, params, step, before_export=merge_lora if cfg.lora.rank > 0 else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,100 @@
+"""Attention grounding: target weights, the box's number tokens, the loss by hand, and SFT with it."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lens_model.answer_format import format_answer
+from lens_model.hub import build_tiny_random
+from stage_fixtures import run_stage, synthetic_data
+from training import grounding_attention as ga
+from training import sft
+from training.common.logging import read_metrics
+from training.data.sample import Sample
+
+
+def _sample(box, mask_rows=None, size=8):
+    mask = np.zeros((size, size), bool)
+    if mask_rows is not None:
+        mask[mask_rows] = True
+    else:
+        mask[int(box[1]):int(box[3]), int(box[0]):int(box[2])] = True
+    return Sample(np.zeros((size, size, 3), np.uint8), "x", mask, box, "i", "r", "s", "test")
+
+
+def test_centre_target_is_the_token_holding_the_box_centre():
+    weights = ga.target_distribution(_sample((5, 1, 7, 3)), (2, 2), "centre")  # centre (6, 2): top right
+    assert weights.tolist() == [0, 1, 0, 0]
+    weights = ga.target_distribution(_sample((0, 6, 8, 8)), (2, 2), "centre")  # centre (4, 7): bottom right
+    assert weights.tolist() == [0, 0, 0, 1]
+
+
+def test_mask_target_spreads_over_the_tokens_by_mask_area():
+    sample = _sample((0, 0, 8, 4), mask_rows=(slice(2, 4), slice(0, 8)))  # 2 rows across the top half
+    sample.mask[4:5, 0:4] = True  # 4 more pixels in the bottom-left quarter
+    weights = ga.target_distribution(sample, (2, 2), "mask")
+    assert weights.tolist() == pytest.approx([8 / 20, 8 / 20, 4 / 20, 0.0])
+
+
+@pytest.mark.parametrize("template", ["reasoning", "direct"])
+def test_only_the_answer_box_numbers_are_picked(template):
+    tokenizer = build_tiny_random().processor.tokenizer
+    box = (12.4, 30.0, 57.0, 101.0)
+    completion = format_answer(box, "the 2 red cups", template, "Candidates at (12, 30) and (90, 4).")
+    positions = ga.box_number_positions(tokenizer, completion, box)
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert "".join(tokenizer.decode([ids[i]]) for i in positions).replace(" ", "") == "123057101"
+    with pytest.raises(ValueError, match="does not contain its box"):
+        ga.box_number_positions(tokenizer, completion, (1, 2, 3, 4))
+
+
+def test_loss_is_zero_on_the_target_and_log_n_when_uniform():
+    prompt_ids = torch.tensor([[0, 7, 7, 7, 7, 1]])  # four image tokens (id 7) in a 6-token prompt
+    target = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    sharp = torch.zeros(1, 2, 9, 9)
+    sharp[0, 1, 5:7, 3] = 1.0  # head 1, the rows predicting completion tokens 0 and 1, on image token 2
+    args = (prompt_ids, 7, [(2, 2)], [target], [[0, 1]])
+    assert ga.grounding_attention_loss([sharp], 1, *args).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full((1, 2, 9, 9), 1 / 9)
+    assert ga.grounding_attention_loss([uniform, uniform], 0, *args).item() == pytest.approx(np.log(9), rel=1e-5)
+    with pytest.raises(ValueError, match="image tokens for a 3x3 grid"):
+        ga.grounding_attention_loss([uniform], 0, prompt_ids, 7, [(3, 3)], [target], [[0]])
+
+
+def test_recording_needs_eager_attention_and_finds_the_layers():
+    model = build_tiny_random()
+    layers = model.reasoner.config.text_config.num_hidden_layers
+    modules = ga.attention_modules(model.reasoner, [-1, 0])
+    assert modules[0] is model.reasoner.model.language_model.layers[layers - 1].self_attn
+    with pytest.raises(ValueError, match="out of range"):
+        ga.attention_modules(model.reasoner, [layers])
+    image = np.zeros((56, 56, 3), np.uint8)
+    model.reasoner.set_attn_implementation("sdpa")
+    with pytest.raises(RuntimeError, match="eager attention"):
+        with ga.recorded_attention(modules):
+            model.predict(image, "the red circle", max_new_tokens=1)
+    model.reasoner.set_attn_implementation("eager")
+    with ga.recorded_attention(modules) as weights:
+        model.predict(image, "the red circle", max_new_tokens=1)
+    assert weights and weights[0].ndim == 4 and torch.allclose(weights[0].sum(-1), torch.ones(()), atol=1e-4)
+
+
+def test_config_refuses_a_negative_weight_and_an_unknown_target():
+    with pytest.raises(ValueError, match="weight"):
+        ga.GroundingAttentionSection(weight=-1)
+    with pytest.raises(ValueError, match="target"):
+        ga.GroundingAttentionSection(target="edge")
+
+
+def test_sft_with_grounding_attention_points_the_head_at_the_target(tmp_path_factory, tmp_path):
+    data_root = synthetic_data(tmp_path_factory.mktemp("syn"), images=10, seed=5, size=112)
+    run_stage(sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "out", "data.eval_limit=0",
+              "max_steps=30", "log.every_steps=5", "engine.lr=1e-2", "grounding_attention.weight=1.0")
+    records = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if "grounding_attention" in r]
+    assert len(records) == 6
+    first, last = records[0]["grounding_attention"], records[-1]["grounding_attention"]
+    assert last < 0.5 * first  # the head learns to look at the target's token
+    assert all(r["loss"] == pytest.approx(r["completion_nll"] + r["grounding_attention"], rel=1e-4) for r in records)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "eager" not in json.dumps(config)  # the exported model keeps the default attention
