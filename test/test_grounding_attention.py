@@ -24,42 +24,59 @@ def _sample(box, mask_rows=None, size=8):
 
 
 def test_centre_target_is_the_token_holding_the_box_centre():
-    weights = ga.target_distribution(_sample((5, 1, 7, 3)), (2, 2), "centre")  # centre (6, 2): top right
-    assert weights.tolist() == [0, 1, 0, 0]
-    weights = ga.target_distribution(_sample((0, 6, 8, 8)), (2, 2), "centre")  # centre (4, 7): bottom right
-    assert weights.tolist() == [0, 0, 0, 1]
+    size = (8, 8)
+    assert ga.box_target(_sample((5, 1, 7, 3)), (5, 1, 7, 3), size, (2, 2), "centre").tolist() == [0, 1, 0, 0]
+    assert ga.box_target(_sample((0, 6, 8, 8)), (0, 6, 8, 8), size, (2, 2), "centre").tolist() == [0, 0, 0, 1]
+    # 2 rows x 4 columns: x 20 of 40 is column 2, y 99 of 100 row 1
+    assert ga.point_target((20.0, 99.0), (40, 100), (2, 4)).tolist() == [0, 0, 0, 0, 0, 0, 1, 0]
 
 
 def test_mask_target_spreads_over_the_tokens_by_mask_area():
     sample = _sample((0, 0, 8, 4), mask_rows=(slice(2, 4), slice(0, 8)))  # 2 rows across the top half
     sample.mask[4:5, 0:4] = True  # 4 more pixels in the bottom-left quarter
-    weights = ga.target_distribution(sample, (2, 2), "mask")
+    weights = ga.box_target(sample, sample.box, (8, 8), (2, 2), "mask")
     assert weights.tolist() == pytest.approx([8 / 20, 8 / 20, 4 / 20, 0.0])
 
 
+def _digits(tokenizer, completion, positions):
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return "".join(tokenizer.decode([ids[i]]) for i in positions).replace(" ", "")
+
+
 @pytest.mark.parametrize("template", ["reasoning", "direct"])
-def test_only_the_answer_box_numbers_are_picked(template):
+def test_the_answer_box_numbers_and_optionally_the_reasoning_points_are_grounded(template):
     tokenizer = build_tiny_random().processor.tokenizer
     box = (12.4, 30.0, 57.0, 101.0)
-    completion = format_answer(box, "the 2 red cups", template, "Candidates at (12, 30) and (90, 4).")
-    positions = ga.box_number_positions(tokenizer, completion, box)
-    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    assert "".join(tokenizer.decode([ids[i]]) for i in positions).replace(" ", "") == "123057101"
+    completion = format_answer(box, "the 2 red cups", template, "Candidates at (12, 30) and (90, 4); 3 cups.")
+    sample, size, grid = _sample((0, 0, 8, 8)), (112, 112), (4, 4)
+    box_only = ga.completion_groundings(tokenizer, completion, sample, box, size, grid, ga.GroundingAttentionSection())
+    assert len(box_only) == 1 and _digits(tokenizer, completion, box_only[0].positions) == "123057101"
+    assert box_only[0].target.tolist() == ga.point_target((34.7, 65.5), size, grid).tolist()
+    section = ga.GroundingAttentionSection(reasoning_points=True)
+    groundings = ga.completion_groundings(tokenizer, completion, sample, box, size, grid, section)
+    if template == "direct":  # no reasoning, no points
+        assert len(groundings) == 1
+        return
+    assert [_digits(tokenizer, completion, g.positions) for g in groundings] == ["123057101", "1230", "904"]
+    assert groundings[2].target.argmax().item() == 0 * 4 + 3  # (90, 4): top row, last column
     with pytest.raises(ValueError, match="does not contain its box"):
-        ga.box_number_positions(tokenizer, completion, (1, 2, 3, 4))
+        ga.completion_groundings(tokenizer, completion, sample, (1, 2, 3, 4), size, grid, section)
 
 
 def test_loss_is_zero_on_the_target_and_log_n_when_uniform():
     prompt_ids = torch.tensor([[0, 7, 7, 7, 7, 1]])  # four image tokens (id 7) in a 6-token prompt
-    target = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    on_two = ga.GroundedNumbers([0, 1], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    on_zero = ga.GroundedNumbers([2], torch.tensor([1.0, 0.0, 0.0, 0.0]))
     sharp = torch.zeros(1, 2, 9, 9)
     sharp[0, 1, 5:7, 3] = 1.0  # head 1, the rows predicting completion tokens 0 and 1, on image token 2
-    args = (prompt_ids, 7, [(2, 2)], [target], [[0, 1]])
+    sharp[0, 1, 7, 1] = 1.0  # and the row predicting token 2 on image token 0
+    args = (prompt_ids, 7, [(2, 2)], [[on_two, on_zero]])
     assert ga.grounding_attention_loss([sharp], 1, *args).item() == pytest.approx(0.0, abs=1e-6)
     uniform = torch.full((1, 2, 9, 9), 1 / 9)
     assert ga.grounding_attention_loss([uniform, uniform], 0, *args).item() == pytest.approx(np.log(9), rel=1e-5)
+    assert ga.grounding_attention_loss([sharp], 1, prompt_ids, 7, [(2, 2)], [[]]).item() == 0.0
     with pytest.raises(ValueError, match="image tokens for a 3x3 grid"):
-        ga.grounding_attention_loss([uniform], 0, prompt_ids, 7, [(3, 3)], [target], [[0]])
+        ga.grounding_attention_loss([uniform], 0, prompt_ids, 7, [(3, 3)], [[on_two]])
 
 
 def test_recording_needs_eager_attention_and_finds_the_layers():
@@ -90,7 +107,8 @@ def test_config_refuses_a_negative_weight_and_an_unknown_target():
 def test_sft_with_grounding_attention_points_the_head_at_the_target(tmp_path_factory, tmp_path):
     data_root = synthetic_data(tmp_path_factory.mktemp("syn"), images=10, seed=5, size=112)
     run_stage(sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "out", "data.eval_limit=0",
-              "max_steps=30", "log.every_steps=5", "engine.lr=1e-2", "grounding_attention.weight=1.0")
+              "max_steps=30", "log.every_steps=5", "engine.lr=1e-2", "grounding_attention.weight=1.0",
+              "grounding_attention.reasoning_points=true")
     records = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if "grounding_attention" in r]
     assert len(records) == 6
     first, last = records[0]["grounding_attention"], records[-1]["grounding_attention"]

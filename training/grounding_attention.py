@@ -7,7 +7,10 @@ supervises that attention directly. At every position that predicts a number of 
 head ``head`` of each layer in ``layers`` is trained to put its attention mass on the image token
 holding the target's centre (``target: centre``) or spread over the target's mask (``target:
 mask``): the cross-entropy between that target distribution over the merged image tokens and the
-head's attention weights. Docs: docs/training.md and, for what it measured, docs/demo_model.md.
+head's attention weights. With ``reasoning_points`` the numbers of every point "(x, y)" written in
+the reasoning (the synthetic reasoning names each candidate's centre so) are grounded the same way,
+on the token holding that point; points and boxes are in the reasoner's resized frame, as the answer
+box is. Docs: docs/training.md and, for what it measured, docs/demo_model.md.
 
 It needs the attention probabilities, so the reasoner runs with eager attention while it is on; meant
 for small reasoners (the weights are B x heads x L x L per layer), not for a pretrained 3B model,
@@ -16,6 +19,7 @@ which already grounds.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +30,17 @@ from torch import nn
 
 from training.data.sample import Box, Sample
 
+POINT = re.compile(r"\((\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\)")
+
+
+@dataclass(frozen=True)
+class GroundedNumbers:
+    """Completion tokens (indices) whose prediction should look at ``target`` (weights over the
+    merged image tokens in raster order, summing to 1)."""
+
+    positions: list[int]
+    target: torch.Tensor
+
 
 @dataclass
 class GroundingAttentionSection:
@@ -33,6 +48,7 @@ class GroundingAttentionSection:
     layers: list[int] = field(default_factory=lambda: [-2, -1])  # language-model layers, negative from the top
     head: int = 0
     target: str = "centre"  # "centre" or "mask"
+    reasoning_points: bool = False
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -80,33 +96,47 @@ def recorded_attention(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tens
             handle.remove()
 
 
-def target_distribution(sample: Sample, grid: tuple[int, int], target: str) -> torch.Tensor:
-    """Target weights over the grid's merged image tokens in raster order, summing to 1."""
+def point_target(point: tuple[float, float], size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """One-hot weights on the token holding ``point`` (x, y) of an image of ``size`` (width, height)."""
     rows, cols = grid
-    if target == "mask" and sample.mask.any():
-        mask = torch.from_numpy(sample.mask.astype("float32"))[None, None]
-        weights = F.adaptive_avg_pool2d(mask, grid).flatten()
-        return weights / weights.sum()
-    x1, y1, x2, y2 = sample.box
-    row = min(max(int((y1 + y2) / 2 / sample.height * rows), 0), rows - 1)
-    col = min(max(int((x1 + x2) / 2 / sample.width * cols), 0), cols - 1)
+    row = min(max(int(point[1] / size[1] * rows), 0), rows - 1)
+    col = min(max(int(point[0] / size[0] * cols), 0), cols - 1)
     weights = torch.zeros(rows * cols)
     weights[row * cols + col] = 1.0
     return weights
 
 
-def box_number_positions(tokenizer, completion: str, box: Box) -> list[int]:
-    """Indices of the completion's tokens that spell the numbers of its answer box ``box`` (the
-    reasoner-frame box the teacher answer was written with), not numbers in reasoning or labels."""
-    answer_start = completion.rfind("</think>") + 1  # 0 when there is no reasoning
+def box_target(sample: Sample, box: Box, size: tuple[int, int], grid: tuple[int, int], target: str) -> torch.Tensor:
+    """Weights for the answer box: its centre's token, or the sample's mask pooled over the tokens."""
+    if target == "mask" and sample.mask.any():
+        mask = torch.from_numpy(sample.mask.astype("float32"))[None, None]
+        weights = F.adaptive_avg_pool2d(mask, grid).flatten()
+        return weights / weights.sum()
+    return point_target(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), size, grid)
+
+
+def completion_groundings(tokenizer, completion: str, sample: Sample, box: Box, size: tuple[int, int],
+                          grid: tuple[int, int], section: GroundingAttentionSection) -> list[GroundedNumbers]:
+    """What the numbers of one teacher completion should look at: the answer box ``box`` (in the
+    reasoner frame of ``size``, as written in the completion) and, with ``reasoning_points``, every
+    "(x, y)" of the reasoning. Numbers elsewhere (in labels, say) are left alone."""
+    offsets = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+    def numbers_in(start: int, end: int) -> list[int]:
+        return [index for index, (lo, hi) in enumerate(offsets)
+                if lo < end and hi > start and any(ch.isdigit() for ch in completion[lo:hi])]
+
+    think_end = completion.rfind("</think>")
     coords = json.dumps([int(round(v)) for v in box])
-    start = completion.find(coords, answer_start)
+    start = completion.find(coords, think_end + 1)
     if start < 0:
         raise ValueError(f"the completion does not contain its box {coords}")
-    end = start + len(coords)
-    encoded = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-    return [index for index, (lo, hi) in enumerate(encoded["offset_mapping"])
-            if lo < end and hi > start and any(ch.isdigit() for ch in completion[lo:hi])]
+    groundings = [GroundedNumbers(numbers_in(start, start + len(coords)), box_target(sample, box, size, grid, section.target))]
+    if section.reasoning_points and think_end >= 0:
+        for match in POINT.finditer(completion, 0, think_end):
+            point = (float(match.group(1)), float(match.group(2)))
+            groundings.append(GroundedNumbers(numbers_in(*match.span()), point_target(point, size, grid)))
+    return groundings
 
 
 def grounding_attention_loss(
@@ -115,25 +145,26 @@ def grounding_attention_loss(
     prompt_ids: torch.Tensor,
     image_token_id: int,
     grids: Sequence[tuple[int, int]],
-    targets: Sequence[torch.Tensor],
-    number_positions: Sequence[Sequence[int]],
+    groundings: Sequence[Sequence[GroundedNumbers]],
 ) -> torch.Tensor:
-    """Mean over samples, layers and box-number positions of the cross-entropy between ``targets``
-    (weights over each sample's image tokens) and the head's attention from the position that
-    predicts the number to the image tokens. Completion token t is predicted at prompt_len - 1 + t."""
+    """Mean over samples, layers and grounded tokens of the cross-entropy between the target weights
+    and the head's attention from the position that predicts the token to the sample's image tokens.
+    Completion token t is predicted at prompt_len - 1 + t."""
     prompt_len = prompt_ids.shape[1]
     terms = []
-    for row, (grid, target, positions) in enumerate(zip(grids, targets, number_positions, strict=True)):
+    for row, (grid, sample_groundings) in enumerate(zip(grids, groundings, strict=True)):
         image = (prompt_ids[row] == image_token_id).nonzero().flatten()
         if len(image) != grid[0] * grid[1]:
             raise ValueError(f"sample {row}: {len(image)} image tokens for a {grid[0]}x{grid[1]} grid")
+        positions = [t for g in sample_groundings for t in g.positions]
         if not positions:
             continue
+        targets = torch.stack([g.target for g in sample_groundings for _ in g.positions])
         queries = torch.tensor([prompt_len - 1 + t for t in positions], device=prompt_ids.device)
-        target = target.to(attention[0].device, attention[0].dtype)
+        targets = targets.to(attention[0].device, torch.float32)
         for weights in attention:
             probs = weights[row, head].index_select(0, queries).index_select(1, image.to(queries.device))
-            terms.append(-(target * torch.log(probs.float() + 1e-8)).sum(-1).mean())
+            terms.append(-(targets * torch.log(probs.float() + 1e-8)).sum(-1))
     if not terms:
         return attention[0].new_zeros(())
-    return torch.stack(terms).mean()
+    return torch.cat(terms).mean()

@@ -25,8 +25,8 @@ import torch
 
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
-from training.grounding_attention import (GroundingAttentionSection, attention_modules, box_number_positions,
-                                          grounding_attention_loss, recorded_attention, target_distribution)
+from training.grounding_attention import (GroundingAttentionSection, attention_modules, completion_groundings,
+                                          grounding_attention_loss, recorded_attention)
 from training.lora import LoraSection, merge_lora, stage_trainable
 from training.loop import VISION_TOWER, run_supervised
 from training.stage import BatchEncoder, StageConfig, build_model
@@ -63,11 +63,11 @@ def sft_step(model, encoder: BatchEncoder, samples,
     if grounded:
         merge = model.processor.merge_size
         grids = [(int(g[1]) // merge, int(g[2]) // merge) for g in batch.grid_thw]
-        tokenizer = model.processor.tokenizer
-        aux = grounding_attention_loss(
-            attention, grounding.head, batch.prompts.input_ids, model.processor.image_token_id, grids,
-            [target_distribution(s, grid, grounding.target) for s, grid in zip(samples, grids)],
-            [box_number_positions(tokenizer, a, box) for a, box in zip(answers, batch.gt_boxes_in_reasoner_frame())])
+        groundings = [completion_groundings(model.processor.tokenizer, answer, sample, box, size, grid, grounding)
+                      for answer, sample, box, size, grid in zip(answers, samples, batch.gt_boxes_in_reasoner_frame(),
+                                                                   batch.resized_sizes, grids)]
+        aux = grounding_attention_loss(attention, grounding.head, batch.prompts.input_ids,
+                                       model.processor.image_token_id, grids, groundings)
         metrics["grounding_attention"] = float(aux.detach())
         loss = nll + grounding.weight * aux
     metrics["loss"] = float(loss.detach())
