@@ -38,6 +38,15 @@ class EncodedPrompts:
     mm_token_type_ids: torch.Tensor  # 1 at image tokens, 0 elsewhere
 
 
+def token_at(point: tuple[float, float], size: tuple[float, float], grid: tuple[int, int]) -> int:
+    """Raster index of the merged image token holding pixel ``point`` (x, y) of an image of ``size``
+    (width, height) split into ``grid`` (rows, columns) tokens."""
+    rows, cols = grid
+    row = min(max(int(point[1] * rows / size[1]), 0), rows - 1)
+    col = min(max(int(point[0] * cols / size[0]), 0), cols - 1)
+    return row * cols + col
+
+
 class ReasonerProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: Qwen2VLImageProcessorPil, chat_template: str):
         self.tokenizer = tokenizer
@@ -56,6 +65,12 @@ class ReasonerProcessor:
     @property
     def merge_size(self) -> int:
         return int(self.image_processor.merge_size)
+
+    def token_grid(self, grid_thw: torch.Tensor) -> tuple[int, int]:
+        """Rows and columns of the merged image tokens of one image's (t, h, w) patch grid; the
+        language model sees them in raster order."""
+        _, rows, cols = (int(v) for v in grid_thw)
+        return rows // self.merge_size, cols // self.merge_size
 
     def render(self, query: str, template: str, system_prompt: str) -> str:
         messages = build_messages(query, template, system_prompt)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lens_model.processor import token_at
 from training.data.sample import Box, Sample
 
 POINT = re.compile(r"\((\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\)")
@@ -98,11 +99,8 @@ def recorded_attention(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tens
 
 def point_target(point: tuple[float, float], size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     """One-hot weights on the token holding ``point`` (x, y) of an image of ``size`` (width, height)."""
-    rows, cols = grid
-    row = min(max(int(point[1] / size[1] * rows), 0), rows - 1)
-    col = min(max(int(point[0] / size[0] * cols), 0), cols - 1)
-    weights = torch.zeros(rows * cols)
-    weights[row * cols + col] = 1.0
+    weights = torch.zeros(grid[0] * grid[1])
+    weights[token_at(point, size, grid)] = 1.0
     return weights
 
 

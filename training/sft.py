@@ -61,8 +61,7 @@ def sft_step(model, encoder: BatchEncoder, samples,
     metrics = {"completion_nll": float(nll.detach()), "completion_tokens": float(mask.sum()) / len(samples)}
     loss = nll
     if grounded:
-        merge = model.processor.merge_size
-        grids = [(int(g[1]) // merge, int(g[2]) // merge) for g in batch.grid_thw]
+        grids = [model.processor.token_grid(g) for g in batch.grid_thw]
         groundings = [completion_groundings(model.processor.tokenizer, answer, sample, box, size, grid, grounding)
                       for answer, sample, box, size, grid in zip(answers, samples, batch.gt_boxes_in_reasoner_frame(),
                                                                    batch.resized_sizes, grids)]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lens_model.modeling import LensModel
-from lens_model.processor import EncodedImage
+from lens_model.processor import token_at
 from training.common.config import parse_cli
 from training.common.rng import seed_everything
 from training.data.image_targets import ImageTargets
@@ -67,13 +67,6 @@ class DenseTargets:
     shape: torch.Tensor  # (N, S*S) silhouette in the box
 
 
-def token_grid(model: LensModel, encoded: EncodedImage) -> tuple[int, int]:
-    """Rows and columns of the merged image tokens of an encoded image."""
-    _, rows, cols = (int(v) for v in encoded.grid_thw[0])
-    merge = model.reasoner.config.vision_config.spatial_merge_size
-    return rows // merge, cols // merge
-
-
 def silhouette(mask: np.ndarray, box: tuple[float, float, float, float], cells: int) -> np.ndarray:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     crop = mask[max(y1, 0):max(y2, y1 + 1), max(x1, 0):max(x2, x1 + 1)].astype(np.float32)
@@ -93,9 +86,7 @@ def dense_targets(samples: list[Sample], grid: tuple[int, int], shape_cells: int
         if not sample.mask.any():
             continue
         x1, y1, x2, y2 = sample.box
-        row = min(int((y1 + y2) / 2 * rows / height), rows - 1)
-        col = min(int((x1 + x2) / 2 * cols / width), cols - 1)
-        k = row * cols + col
+        k = token_at(((x1 + x2) / 2, (y1 + y2) / 2), (width, height), grid)
         targets.present[k] = True
         targets.box[k] = torch.tensor([x1 / width, y1 / height, x2 / width, y2 / height])
         targets.colour[k] = torch.from_numpy(sample.image[sample.mask].mean(0) / 255.0)
@@ -119,7 +110,7 @@ def dense_losses(model: LensModel, images: list[list[Sample]], cfg: VisionPretra
     for samples in images:
         encoded = model.encode_image(samples[0].image)
         outputs.append(getattr(model, PROBE)(model.vision_embeds(encoded)))
-        targets.append(dense_targets(samples, token_grid(model, encoded), cfg.shape_cells))
+        targets.append(dense_targets(samples, model.processor.token_grid(encoded.grid_thw[0]), cfg.shape_cells))
     out = torch.cat(outputs).float()
     present = torch.cat([t.present for t in targets]).to(out.device)
     box, colour, shape = (torch.cat([getattr(t, name) for t in targets]).to(out.device) for name in ("box", "colour", "shape"))
