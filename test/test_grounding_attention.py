@@ -63,10 +63,23 @@ def test_the_answer_box_numbers_and_optionally_the_reasoning_points_are_grounded
         ga.completion_groundings(tokenizer, completion, sample, (1, 2, 3, 4), size, grid, section)
 
 
+def test_the_words_describing_a_reasoning_point_are_grounded_with_it():
+    tokenizer = build_tiny_random().processor.tokenizer
+    box = (80.0, 0.0, 100.0, 8.0)
+    reasoning = "Row by row, the image shows a large red cup at (12, 30) and the 2 cups at (90, 4); so the cup."
+    completion = format_answer(box, "cup", "reasoning", reasoning)
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    section = ga.GroundingAttentionSection(reasoning_points=True)
+    groundings = ga.completion_groundings(tokenizer, completion, _sample((0, 0, 8, 8)), box, (112, 112), (4, 4), section)
+    described = "".join(tokenizer.decode([ids[i]]) for i in groundings[1].positions)
+    assert described == " large red cup1230"  # the words and the numbers, not "a", "at" or the brackets
+    assert _digits(tokenizer, completion, groundings[2].positions) == "904"  # "the 2 cups": no description
+
+
 def test_loss_is_zero_on_the_target_and_log_n_when_uniform():
     prompt_ids = torch.tensor([[0, 7, 7, 7, 7, 1]])  # four image tokens (id 7) in a 6-token prompt
-    on_two = ga.GroundedNumbers([0, 1], torch.tensor([0.0, 0.0, 1.0, 0.0]))
-    on_zero = ga.GroundedNumbers([2], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    on_two = ga.GroundedTokens([0, 1], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    on_zero = ga.GroundedTokens([2], torch.tensor([1.0, 0.0, 0.0, 0.0]))
     sharp = torch.zeros(1, 2, 9, 9)
     sharp[0, 1, 5:7, 3] = 1.0  # head 1, the rows predicting completion tokens 0 and 1, on image token 2
     sharp[0, 1, 7, 1] = 1.0  # and the row predicting token 2 on image token 0

@@ -31,11 +31,12 @@ from torch import nn
 from lens_model.processor import token_at
 from training.data.sample import Box, Sample
 
-POINT = re.compile(r"\((\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\)")
+# A point "(x, y)", optionally described just before it: "a large red circle at (30, 41)".
+POINT = re.compile(r"(?:\b(?:an?|the) (?P<words>(?:[a-z]+ ){1,3})at )?\((?P<x>\d+(?:\.\d+)?), (?P<y>\d+(?:\.\d+)?)\)")
 
 
 @dataclass(frozen=True)
-class GroundedNumbers:
+class GroundedTokens:
     """Completion tokens (indices) whose prediction should look at ``target`` (weights over the
     merged image tokens in raster order, summing to 1)."""
 
@@ -114,26 +115,29 @@ def box_target(sample: Sample, box: Box, size: tuple[int, int], grid: tuple[int,
 
 
 def completion_groundings(tokenizer, completion: str, sample: Sample, box: Box, size: tuple[int, int],
-                          grid: tuple[int, int], section: GroundingAttentionSection) -> list[GroundedNumbers]:
+                          grid: tuple[int, int], section: GroundingAttentionSection) -> list[GroundedTokens]:
     """What the numbers of one teacher completion should look at: the answer box ``box`` (in the
     reasoner frame of ``size``, as written in the completion) and, with ``reasoning_points``, every
-    "(x, y)" of the reasoning. Numbers elsewhere (in labels, say) are left alone."""
+    "(x, y)" of the reasoning with the words that describe it. Numbers elsewhere (in labels, say) are
+    left alone."""
     offsets = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
 
-    def numbers_in(start: int, end: int) -> list[int]:
-        return [index for index, (lo, hi) in enumerate(offsets)
-                if lo < end and hi > start and any(ch.isdigit() for ch in completion[lo:hi])]
+    def tokens_in(start: int, end: int, numbers_only: bool = True) -> list[int]:
+        return [index for index, (lo, hi) in enumerate(offsets) if lo < end and hi > start
+                and (not numbers_only or any(ch.isdigit() for ch in completion[lo:hi]))]
 
     think_end = completion.rfind("</think>")
     coords = json.dumps([int(round(v)) for v in box])
     start = completion.find(coords, think_end + 1)
     if start < 0:
         raise ValueError(f"the completion does not contain its box {coords}")
-    groundings = [GroundedNumbers(numbers_in(start, start + len(coords)), box_target(sample, box, size, grid, section.target))]
+    groundings = [GroundedTokens(tokens_in(start, start + len(coords)), box_target(sample, box, size, grid, section.target))]
     if section.reasoning_points and think_end >= 0:
         for match in POINT.finditer(completion, 0, think_end):
-            point = (float(match.group(1)), float(match.group(2)))
-            groundings.append(GroundedNumbers(numbers_in(*match.span()), point_target(point, size, grid)))
+            point = (float(match.group("x")), float(match.group("y")))
+            words = tokens_in(match.start("words"), match.end("words") - 1, numbers_only=False) if match.group("words") else []
+            positions = words + tokens_in(match.start("x"), match.end("y"))
+            groundings.append(GroundedTokens(positions, point_target(point, size, grid)))
     return groundings
 
 
@@ -143,7 +147,7 @@ def grounding_attention_loss(
     prompt_ids: torch.Tensor,
     image_token_id: int,
     grids: Sequence[tuple[int, int]],
-    groundings: Sequence[Sequence[GroundedNumbers]],
+    groundings: Sequence[Sequence[GroundedTokens]],
 ) -> torch.Tensor:
     """Mean over samples, layers and grounded tokens of the cross-entropy between the target weights
     and the head's attention from the position that predicts the token to the sample's image tokens.

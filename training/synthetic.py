@@ -81,7 +81,7 @@ def _sentences(expressions: Sequence[Expression], target: int, scene: Scene, fir
             "raw": expression.text,
             "sent_id": first_id + offset,
             "sent": expression.text,
-            "reasoning": explain(expression, target, scene.objects),
+            "reasoning": explain(expression, target, scene.objects, scene.image.shape[1]),
             "expression_type": expression.kind,
         }
         for offset, expression in enumerate(expressions)

@@ -5,7 +5,8 @@ circle", "the top right square") or a relation to a uniquely named anchor ("the 
 the blue circle"). ``referents`` evaluates an expression against a scene with a safety margin: an
 object counts as a possible referent unless it is clearly ruled out, so an expression is only
 emitted when a reader could not hesitate between two objects. ``explain`` writes the matching
-templated reasoning (candidates compared, and why the target wins).
+templated reasoning: every shape of the scene in reading order with its centre, then the candidates
+compared and why the target wins.
 """
 
 from __future__ import annotations
@@ -215,9 +216,23 @@ def location(obj: SceneObject) -> str:
     return f"({round(obj.center[0])}, {round(obj.center[1])})"
 
 
-def _listing(objects: Sequence[SceneObject]) -> str:
-    items = [f"a {describe(obj)} at {location(obj)}" for obj in objects]
+READING_ROWS = 4  # the scene is read in this many horizontal bands, top to bottom, each left to right
+
+
+def reading_order(objects: Sequence[SceneObject], image_size: int) -> list[SceneObject]:
+    """Top band first, left to right within a band: a fixed order a reader (or a model scanning its
+    image tokens in raster order) can reproduce, unlike the order the shapes were placed in."""
+    band = image_size / READING_ROWS
+    return sorted(objects, key=lambda obj: (min(int(obj.center[1] // band), READING_ROWS - 1), obj.center[0]))
+
+
+def _series(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def scene_listing(objects: Sequence[SceneObject], image_size: int) -> str:
+    described = [f"a {describe(obj)} at {location(obj)}" for obj in reading_order(objects, image_size)]
+    return f"Row by row, the image shows {_series(described)}."
 
 
 def _there_are(count: int, phrase: Phrase, suffix: str = "") -> str:
@@ -226,20 +241,23 @@ def _there_are(count: int, phrase: Phrase, suffix: str = "") -> str:
     return f"There are {NUMBER_WORDS.get(count, str(count))} {phrase.plural}{suffix}"
 
 
-def explain(expression: Expression, target: int, objects: Sequence[SceneObject]) -> str:
-    """Templated reasoning: the candidates compared and why the target is the one meant."""
+def explain(expression: Expression, target: int, objects: Sequence[SceneObject], image_size: int) -> str:
+    """Templated reasoning: the scene's shapes in reading order (so that each is described where it is
+    seen), then the candidates compared and why the target is the one meant."""
     obj = objects[target]
     chosen = f"the {describe(obj)} at {location(obj)}"
-    asks = f"The query asks for {expression.text}"
+    opening = f"{scene_listing(objects, image_size)} The query asks for {expression.text}."
+
+    def candidates(group: Sequence[SceneObject], phrase: Phrase, suffix: str = "") -> str:
+        points = _series([location(o) for o in reading_order(group, image_size)])
+        return f"{_there_are(len(group), phrase, suffix)}, at {points}"
+
     if expression.position is not None:
         group = [objects[i] for i in matching(expression.phrase, objects)]
         criteria = " and ".join(
             f"the {'smallest' if sign < 0 else 'largest'} {axis}" for axis, sign in POSITIONS[expression.position]
         )
-        return (
-            f"{_there_are(len(group), expression.phrase)}: {_listing(group)}. {asks}; "
-            f"{chosen} has {criteria}, so it is the target."
-        )
+        return f"{opening} {candidates(group, expression.phrase)}; {chosen} has {criteria}, so it is the target."
     if expression.relation is not None and expression.anchor is not None:
         anchor_index = matching(expression.anchor, objects)[0]
         anchor = objects[anchor_index]
@@ -250,14 +268,12 @@ def explain(expression: Expression, target: int, objects: Sequence[SceneObject])
             f"{axis} {round(coordinate(obj, axis))} {'<' if sign < 0 else '>'} {round(coordinate(anchor, axis))}"
         )
         return (
-            f"The reference is the {describe(anchor)} at {location(anchor)}. "
-            f"{_there_are(len(group), expression.phrase, besides)}: {_listing(group)}. {asks}; "
+            f"{opening} The reference is the {describe(anchor)} at {location(anchor)}. "
+            f"{candidates(group, expression.phrase, besides)}; "
             f"only {chosen} is {expression.relation} it ({comparison}), so it is the target."
         )
     attribute = expression.kind  # shape, color or size
     base = expression.phrase.without(attribute)
     group = [objects[i] for i in matching(base, objects)]
     quality = f"a {obj.shape}" if attribute == "shape" else getattr(obj, attribute)
-    return (
-        f"{_there_are(len(group), base)}: {_listing(group)}. {asks}; only {chosen} is {quality}, so it is the target."
-    )
+    return f"{opening} {candidates(group, base)}; only {chosen} is {quality}, so it is the target."
