@@ -17,6 +17,7 @@ import pytest
 
 from training.data import load_dataset
 from training.data.masks import Polygons
+from training.data.synthetic_expressions import parse_scene_listing
 from training.data.synthetic_scenes import COLORS
 from training.synthetic import generate_dataset, main
 
@@ -118,6 +119,20 @@ def test_reasoning_names_the_candidates_and_the_target(generated: Path) -> None:
             assert f"the {target['size']} {target['color']} {target['shape']} at (" in reasoning
             assert sentence["sent"] in reasoning and reasoning.endswith("so it is the target.")
             assert reasoning.count(" at (") >= 2  # at least one other object was compared
+
+
+def test_reasoning_opens_with_every_shape_in_reading_order(generated: Path) -> None:
+    refs, per_image = _load(generated)
+    for ref in refs[:60]:
+        attributes = [ann["attributes"] for ann in per_image[ref["image_id"]]]
+        # four bands of 128 / 4 px, top to bottom, each left to right (centres as saved, to 0.1 px)
+        ordered = sorted(attributes, key=lambda a: (min(int(a["center"][1] // 32), 3), a["center"][0]))
+        expected = [(a["size"], a["color"], a["shape"]) for a in ordered]
+        for sentence in ref["sentences"]:
+            listed = parse_scene_listing(sentence["reasoning"])
+            assert [(shape.size, shape.color, shape.shape) for shape in listed] == expected
+            for shape, a in zip(listed, ordered):
+                assert np.abs(np.subtract(shape.center, a["center"])).max() <= 0.6
 
 
 def test_masks_match_the_painted_pixels_exactly(generated: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 from lens_model.hub import build_tiny_random
 from stage_fixtures import synthetic_data
 from training.data.registry import load_dataset
+from training.data.synthetic_expressions import ListedShape
 from training.demo import grounding_gap
 
 
@@ -40,8 +41,19 @@ def test_one_image_is_refused(samples):
         grounding_gap.grounding_gap(build_tiny_random(), [samples[0]] * 3, generate=0)
 
 
+def test_listing_scores_compare_each_listed_shape_with_the_nearest_real_one():
+    truth = [ListedShape("small", "red", "star", (10, 10)), ListedShape("large", "blue", "circle", (60, 60))]
+    generated = [ListedShape("small", "red", "circle", (12, 15)),  # 5.4 px from the star: located, kind wrong
+                 ListedShape("large", "red", "circle", (80, 60))]  # 20 px from anything: not located
+    scores = grounding_gap.listing_scores([(generated, truth), (truth, truth), ([], truth)], radius=7.0)
+    assert scores["listing_count_right"] == pytest.approx(2 / 3)
+    assert scores["listing_located"] == pytest.approx(3 / 4)
+    assert scores["listing_size_right"] == 1.0 and scores["listing_color_right"] == 1.0
+    assert scores["listing_shape_right"] == pytest.approx(2 / 3)
+
+
 def test_cli_prints_the_numbers(data_root, capsys):
     assert grounding_gap.main(["--model", "tiny-random", "--data", str(data_root), "--split", "train",
                                "--limit", "4", "--generate", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["expressions"] == 4 and set(result) >= {"coordinate_gap", "box_accuracy"}
+    assert result["expressions"] == 4 and set(result) >= {"coordinate_gap", "box_accuracy", "listing_located"}

@@ -11,6 +11,7 @@ compared and why the target wins.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -230,9 +231,31 @@ def _series(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+LISTING_OPENING = "Row by row, the image shows "
+LISTED_SHAPE = re.compile(r"a (\w+) (\w+) (\w+) at \((\d+), (\d+)\)")
+
+
+@dataclass(frozen=True)
+class ListedShape:
+    size: str
+    color: str
+    shape: str
+    center: tuple[int, int]
+
+
 def scene_listing(objects: Sequence[SceneObject], image_size: int) -> str:
     described = [f"a {describe(obj)} at {location(obj)}" for obj in reading_order(objects, image_size)]
-    return f"Row by row, the image shows {_series(described)}."
+    return f"{LISTING_OPENING}{_series(described)}."
+
+
+def parse_scene_listing(reasoning: str) -> list[ListedShape]:
+    """The shapes named in the opening sentence of a reasoning written like ``scene_listing`` (a
+    model's or the teacher's); [] when the reasoning does not open with a listing."""
+    if not reasoning.startswith(LISTING_OPENING):
+        return []
+    sentence = reasoning.split(". ", 1)[0]
+    return [ListedShape(m.group(1), m.group(2), m.group(3), (int(m.group(4)), int(m.group(5))))
+            for m in LISTED_SHAPE.finditer(sentence)]
 
 
 def _there_are(count: int, phrase: Phrase, suffix: str = "") -> str:

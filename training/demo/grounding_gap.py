@@ -10,6 +10,11 @@ model's template:
   Zero means the numbers come from the text alone (typical positions, size words); a localising
   model shows a gap of the order of nats. Teacher-forced, so it moves long before greedy answers do.
 * **box accuracy** and mean box IoU of greedy answers on the first ``--generate`` expressions.
+* for reasoning that opens by listing the scene's shapes (the synthetic template), how well those
+  greedy answers describe the scene: the share with as many shapes as the scene has, the share of
+  listed shapes whose centre lies within ``--radius`` px of a real one ("located"), and for those
+  whether size, colour and kind match that shape. This tells which skill a reasoner trained from
+  scratch still lacks: finding the shapes, or naming them.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import torch
 from lens_model.hub import load_model
 from lens_model.modeling import LensModel
 from training.data.registry import load_dataset
+from training.data.synthetic_expressions import ListedShape, parse_scene_listing
 from training.data.sample import Sample
 from training.metrics import box_iou
 from training.stage import BatchEncoder
@@ -49,24 +55,50 @@ def coordinate_nll(model: LensModel, samples: list[Sample], template: str, shift
     return float(np.mean(values))
 
 
+def listing_scores(pairs: Sequence[tuple[list[ListedShape], list[ListedShape]]], radius: float) -> dict[str, float]:
+    """Scene-listing quality over (generated, teacher) listings; each generated shape is compared
+    with the nearest teacher shape."""
+    count_right = located = 0
+    attributes = {"size": 0, "color": 0, "shape": 0}
+    listed = 0
+    for generated, truth in pairs:
+        count_right += len(generated) == len(truth)
+        listed += len(generated)
+        for shape in generated:
+            nearest = min(truth, key=lambda t: float(np.hypot(*np.subtract(t.center, shape.center))))
+            if float(np.hypot(*np.subtract(nearest.center, shape.center))) <= radius:
+                located += 1
+                for name in attributes:
+                    attributes[name] += getattr(shape, name) == getattr(nearest, name)
+    return {"listing_count_right": count_right / len(pairs), "listing_located": located / max(listed, 1),
+            **{f"listing_{name}_right": hits / located if located else float("nan") for name, hits in attributes.items()}}
+
+
 @torch.no_grad()
-def greedy_box_ious(model: LensModel, samples: list[Sample]) -> list[float]:
-    """Box IoU of each greedy answer with the ground truth (0 for an answer without a box)."""
-    return [box_iou(model.predict(sample.image, sample.text).box, sample.box) for sample in samples]
+def greedy_scores(model: LensModel, samples: list[Sample], radius: float) -> dict[str, float]:
+    """Box accuracy and mean IoU of greedy answers; the listing scores where the teacher lists the scene."""
+    ious, pairs = [], []
+    for sample in samples:
+        result = model.predict(sample.image, sample.text)
+        ious.append(box_iou(result.box, sample.box))
+        truth = parse_scene_listing(sample.reasoning or "")
+        if truth:
+            pairs.append((parse_scene_listing(result.reasoning), truth))
+    scores = {"generated": len(ious),
+              "box_accuracy": float(np.mean([iou >= 0.5 for iou in ious])) if ious else float("nan"),
+              "mean_box_iou": float(np.mean(ious)) if ious else float("nan")}
+    return {**scores, **(listing_scores(pairs, radius) if pairs else {})}
 
 
-def grounding_gap(model: LensModel, samples: list[Sample], generate: int) -> dict[str, float]:
+def grounding_gap(model: LensModel, samples: list[Sample], generate: int, radius: float = 7.0) -> dict[str, float]:
     if len({s.image_id for s in samples}) < 2:
         raise ValueError("the gap needs expressions on at least two different images")
     model.eval()
     template = model.config.template
     own = coordinate_nll(model, samples, template)
     other = coordinate_nll(model, samples, template, shift=1)
-    ious = greedy_box_ious(model, samples[:generate])
     return {"expressions": len(samples), "coordinate_nll_own": own, "coordinate_nll_other": other,
-            "coordinate_gap": other - own, "generated": len(ious),
-            "box_accuracy": float(np.mean([iou >= 0.5 for iou in ious])) if ious else float("nan"),
-            "mean_box_iou": float(np.mean(ious)) if ious else float("nan")}
+            "coordinate_gap": other - own, **greedy_scores(model, samples[:generate], radius)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", default=None, help="prompt template (default: the model's)")
     parser.add_argument("--limit", type=int, default=32, help="expressions for the gap (every 10th of the split)")
     parser.add_argument("--generate", type=int, default=24, help="of those, expressions answered greedily")
+    parser.add_argument("--radius", type=float, default=7.0, help="px: a listed shape this close to a real centre is located")
     return parser
 
 
@@ -87,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = load_dataset(args.dataset, args.data, args.split, per="sentence")
     # Every 10th expression, so that consecutive expressions of one image do not fill the sample.
     samples = [s for s in (dataset[i] for i in range(0, len(dataset), 10)) if s is not None][:args.limit]
-    print(json.dumps(grounding_gap(model, samples, args.generate), indent=1))
+    print(json.dumps(grounding_gap(model, samples, args.generate, args.radius), indent=1))
     return 0
 
 
