@@ -14,7 +14,9 @@ model's template:
   greedy answers describe the scene: the share with as many shapes as the scene has, the share of
   listed shapes whose centre lies within ``--radius`` px of a real one ("located"), and for those
   whether size, colour and kind match that shape. This tells which skill a reasoner trained from
-  scratch still lacks: finding the shapes, or naming them.
+  scratch still lacks: finding the shapes, or naming them. The teacher's points are in image pixels
+  and the model's in its resized frame, the same numbers when the reasoner sees the image at its own
+  size (the demo model: 112 px).
 """
 from __future__ import annotations
 
