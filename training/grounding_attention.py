@@ -135,6 +135,7 @@ def completion_groundings(tokenizer, completion: str, sample: Sample, box: Box, 
     if section.reasoning_points and think_end >= 0:
         for match in POINT.finditer(completion, 0, think_end):
             point = (float(match.group("x")), float(match.group("y")))
+            # the words group ends in the space before "at"; without it the " at" token would overlap
             words = tokens_in(match.start("words"), match.end("words") - 1, numbers_only=False) if match.group("words") else []
             positions = words + tokens_in(match.start("x"), match.end("y"))
             groundings.append(GroundedTokens(positions, point_target(point, size, grid)))

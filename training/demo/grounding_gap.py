@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -60,15 +61,14 @@ def coordinate_nll(model: LensModel, samples: list[Sample], template: str, shift
 def listing_scores(pairs: Sequence[tuple[list[ListedShape], list[ListedShape]]], radius: float) -> dict[str, float]:
     """Scene-listing quality over (generated, teacher) listings; each generated shape is compared
     with the nearest teacher shape."""
-    count_right = located = 0
+    count_right = located = listed = 0
     attributes = {"size": 0, "color": 0, "shape": 0}
-    listed = 0
     for generated, truth in pairs:
         count_right += len(generated) == len(truth)
         listed += len(generated)
         for shape in generated:
-            nearest = min(truth, key=lambda t: float(np.hypot(*np.subtract(t.center, shape.center))))
-            if float(np.hypot(*np.subtract(nearest.center, shape.center))) <= radius:
+            nearest = min(truth, key=lambda t: math.dist(t.center, shape.center))
+            if math.dist(nearest.center, shape.center) <= radius:
                 located += 1
                 for name in attributes:
                     attributes[name] += getattr(shape, name) == getattr(nearest, name)
