@@ -23,11 +23,11 @@ def data_root(tmp_path_factory):
     return synthetic_data(tmp_path_factory.mktemp("syn"), images=6, seed=4, size=112)
 
 
-def rectangle(image: np.ndarray, box: tuple[int, int, int, int], ref: str) -> Sample:
+def rectangle(image: np.ndarray, box: tuple[int, int, int, int], ref: str, category: int | None = None) -> Sample:
     x1, y1, x2, y2 = box
     mask = np.zeros(image.shape[:2], bool)
     mask[y1:y2, x1:x2] = True
-    return Sample(image, "it", mask, box, "im", ref, ref, "test")
+    return Sample(image, "it", mask, box, "im", ref, ref, "test", meta={"category_id": category})
 
 
 def test_each_target_is_written_to_the_token_whose_cell_holds_its_box_centre():
@@ -46,6 +46,18 @@ def test_each_target_is_written_to_the_token_whose_cell_holds_its_box_centre():
     assert torch.allclose(targets.colour[3], torch.tensor([0.0, 1.0, 0.0]))
     assert targets.shape[3].tolist() == [1.0] * 16
     assert not targets.box[~targets.present].any()
+
+
+def test_the_category_is_written_with_its_target_and_must_be_a_known_id():
+    image = np.full((112, 112, 3), 200, np.uint8)
+    samples = [rectangle(image, (10, 60, 30, 80), "a", category=4), rectangle(image, (84, 0, 112, 20), "b", category=1)]
+    targets = vision_pretrain.dense_targets(samples, (4, 4), shape_cells=4, categories=5)
+    assert targets.category[8] == 4 and targets.category[3] == 1
+    assert (targets.category[~targets.present] == -1).all()
+    assert (vision_pretrain.dense_targets(samples, (4, 4), shape_cells=4).category == -1).all()  # off by default
+    for bad in (5, None):
+        with pytest.raises(ValueError, match="category_id"):
+            vision_pretrain.dense_targets([rectangle(image, (10, 60, 30, 80), "a", category=bad)], (4, 4), 4, categories=5)
 
 
 def test_the_silhouette_is_the_mask_inside_the_box():
@@ -76,6 +88,7 @@ def test_vision_pretraining_lowers_the_loss_and_changes_only_the_tower(data_root
     evaluation = [r for r in read_metrics(out / "metrics.jsonl") if "eval_box_l1_px" in r]
     assert [r["step"] for r in evaluation] == [5, 10, 15, 20]  # the last step's evaluation is the final one only
     assert 0.0 <= evaluation[-1]["eval_objectness_acc"] <= 1.0
+    assert 0.0 <= evaluation[-1]["eval_category_acc"] <= 1.0  # demo_vision.yaml asks for the shape's kind
     trained = load_file(out / "model.safetensors")
     start = build_tiny_random().state_dict()
     assert set(trained) <= set(start)  # the probe is not exported (the tied lm_head is not saved either)

@@ -12,6 +12,7 @@ from training import grounding_attention as ga
 from training import sft
 from training.common.logging import read_metrics
 from training.data.sample import Sample
+from training.stage import BatchEncoder
 
 
 def _sample(box, mask_rows=None, size=8):
@@ -80,34 +81,70 @@ def test_loss_is_zero_on_the_target_and_log_n_when_uniform():
     prompt_ids = torch.tensor([[0, 7, 7, 7, 7, 1]])  # four image tokens (id 7) in a 6-token prompt
     on_two = ga.GroundedTokens([0, 1], torch.tensor([0.0, 0.0, 1.0, 0.0]))
     on_zero = ga.GroundedTokens([2], torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    sharp = torch.zeros(1, 2, 9, 9)
-    sharp[0, 1, 5:7, 3] = 1.0  # head 1, the rows predicting completion tokens 0 and 1, on image token 2
-    sharp[0, 1, 7, 1] = 1.0  # and the row predicting token 2 on image token 0
+    sharp = torch.zeros(1, 9, 9)
+    sharp[0, 5:7, 3] = 1.0  # the rows predicting completion tokens 0 and 1, on image token 2
+    sharp[0, 7, 1] = 1.0  # and the row predicting token 2 on image token 0
     args = (prompt_ids, 7, [(2, 2)], [[on_two, on_zero]])
-    assert ga.grounding_attention_loss([sharp], 1, *args).item() == pytest.approx(0.0, abs=1e-6)
-    uniform = torch.full((1, 2, 9, 9), 1 / 9)
-    assert ga.grounding_attention_loss([uniform, uniform], 0, *args).item() == pytest.approx(np.log(9), rel=1e-5)
-    assert ga.grounding_attention_loss([sharp], 1, prompt_ids, 7, [(2, 2)], [[]]).item() == 0.0
+    assert ga.grounding_attention_loss([sharp], *args).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full((1, 9, 9), 1 / 9)
+    assert ga.grounding_attention_loss([uniform, uniform], *args).item() == pytest.approx(np.log(9), rel=1e-5)
+    assert ga.grounding_attention_loss([sharp], prompt_ids, 7, [(2, 2)], [[]]).item() == 0.0
     with pytest.raises(ValueError, match="image tokens for a 3x3 grid"):
-        ga.grounding_attention_loss([uniform], 0, prompt_ids, 7, [(3, 3)], [[on_two]])
+        ga.grounding_attention_loss([uniform], prompt_ids, 7, [(3, 3)], [[on_two]])
 
 
-def test_recording_needs_eager_attention_and_finds_the_layers():
+def test_attention_modules_are_found_by_layer():
     model = build_tiny_random()
     layers = model.reasoner.config.text_config.num_hidden_layers
     modules = ga.attention_modules(model.reasoner, [-1, 0])
     assert modules[0] is model.reasoner.model.language_model.layers[layers - 1].self_attn
+    assert modules[1] is model.reasoner.model.language_model.layers[0].self_attn
     with pytest.raises(ValueError, match="out of range"):
         ga.attention_modules(model.reasoner, [layers])
-    image = np.zeros((56, 56, 3), np.uint8)
-    model.reasoner.set_attn_implementation("sdpa")
-    with pytest.raises(RuntimeError, match="eager attention"):
-        with ga.recorded_attention(modules):
-            model.predict(image, "the red circle", max_new_tokens=1)
+
+
+def _eager_weights(module, head):
+    """The module's own probabilities for ``head`` (eager attention returns them)."""
+    kept = []
+    handle = module.register_forward_hook(lambda _m, _i, output: kept.append(output[1][:, head]))
+    return kept, handle
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_recorded_head_probabilities_are_the_models_own(implementation):
+    """Recomputed from the layer's inputs, they equal eager attention's probabilities for that head,
+    whichever implementation the model runs, on a padded batch (completions of different lengths)."""
+    model = build_tiny_random()
+    model.eval()
+    rng = np.random.default_rng(0)
+    samples = [Sample(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8), text, np.ones((56, 56), bool), (4, 6, 30, 40),
+                      f"i{k}", "r", "s", "test") for k, text in enumerate(["the red circle", "a cup"])]
+    batch = BatchEncoder(model, 0, False, False).encode(samples, model.config.template, with_sam_features=False)
+    ids, mask = model.encode_completions(["<think>x</think>short", "<think>a longer one (3, 4)</think>[1, 2]"])
+    assert not mask.all()  # the first completion is padded
+    module, head = ga.attention_modules(model.reasoner, [-1])[0], 1
+
+    def forward():
+        model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask, with_logprobs=True,
+                               with_query_states=False)
+
     model.reasoner.set_attn_implementation("eager")
-    with ga.recorded_attention(modules) as weights:
-        model.predict(image, "the red circle", max_new_tokens=1)
-    assert weights and weights[0].ndim == 4 and torch.allclose(weights[0].sum(-1), torch.ones(()), atol=1e-4)
+    expected, handle = _eager_weights(module, head)
+    with torch.no_grad():
+        forward()
+    handle.remove()
+    model.reasoner.set_attn_implementation(implementation)
+    with torch.no_grad(), ga.recorded_attention([module], head) as recorded:
+        forward()
+    real = torch.cat([batch.prompts.attention_mask, mask], 1).bool()  # rows of real tokens
+    assert recorded[0].shape == expected[0].shape
+    torch.testing.assert_close(recorded[0][:, :real.shape[1]][real], expected[0][:, :real.shape[1]][real], atol=1e-5, rtol=1e-4)
+    other_head, handle = _eager_weights(module, 0)
+    model.reasoner.set_attn_implementation("eager")
+    with torch.no_grad():
+        forward()
+    handle.remove()
+    assert not torch.allclose(recorded[0], other_head[0], atol=1e-3)  # it is that head, not any head
 
 
 def test_config_refuses_a_negative_weight_and_an_unknown_target():
@@ -128,4 +165,4 @@ def test_sft_with_grounding_attention_points_the_head_at_the_target(tmp_path_fac
     assert last < 0.5 * first  # the head learns to look at the target's token
     assert all(r["loss"] == pytest.approx(r["completion_nll"] + r["grounding_attention"], rel=1e-4) for r in records)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert "eager" not in json.dumps(config)  # the exported model keeps the default attention
+    assert "eager" not in json.dumps(config)  # the model keeps its attention implementation

@@ -12,9 +12,9 @@ the reasoning (the synthetic reasoning names each candidate's centre so) are gro
 on the token holding that point; points and boxes are in the reasoner's resized frame, as the answer
 box is. Docs: docs/training.md and, for what it measured, docs/demo_model.md.
 
-It needs the attention probabilities, so the reasoner runs with eager attention while it is on; meant
-for small reasoners (the weights are B x heads x L x L per layer), not for a pretrained 3B model,
-which already grounds.
+The grounded head's probabilities are recomputed from its layer's inputs (``recorded_attention``), so
+the reasoner keeps its fast attention implementation; meant for small reasoners (the probabilities
+are B x L x L per grounded layer), not for a pretrained 3B model, which already grounds.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from lens_model.processor import token_at
 from training.data.sample import Box, Sample
@@ -79,18 +80,43 @@ def attention_modules(reasoner: nn.Module, layers: Sequence[int]) -> list[nn.Mod
     return chosen
 
 
+def head_probabilities(module: nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                       mask: torch.Tensor | None, head: int) -> torch.Tensor:
+    """Attention probabilities (B, L, L) of one head of a Qwen2.5-VL text attention ``module``, recomputed
+    from its inputs: the same projections, rotary embedding, scaling and mask as its forward, so the
+    model itself can run any attention implementation (SDPA never returns the probabilities, and eager
+    attention for every head and layer costs more than the rest of a small model's step).
+    ``mask`` is the mask the module received: None (causal), boolean (True attends) or additive."""
+    batch, length, _ = hidden.shape
+    dim = module.head_dim
+    kv_head = head // module.num_key_value_groups
+    query = module.q_proj(hidden)[..., head * dim:(head + 1) * dim].view(batch, length, 1, dim).transpose(1, 2)
+    key = module.k_proj(hidden)[..., kv_head * dim:(kv_head + 1) * dim].view(batch, length, 1, dim).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    scores = (query @ key.transpose(-1, -2) * module.scaling)[:, 0].float()
+    if mask is None:
+        mask = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
+    else:
+        mask = mask[:, 0]
+        if mask.shape[-1] != length:
+            raise ValueError(f"attention over {mask.shape[-1]} keys for {length} positions: grounding needs a "
+                             "forward without a KV cache")
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask.float()
+    return scores.softmax(-1)
+
+
 @contextmanager
-def recorded_attention(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor]]:
-    """Collects each module's attention probabilities (B, heads, L, L) during a forward pass."""
+def recorded_attention(modules: Sequence[nn.Module], head: int) -> Iterator[list[torch.Tensor]]:
+    """Collects head ``head``'s attention probabilities (B, L, L) in each module during a forward pass
+    (whatever attention implementation the model runs)."""
     weights: list[torch.Tensor] = []
 
-    def keep(_module: nn.Module, _inputs: object, output: tuple) -> None:
-        if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
-            raise RuntimeError("attention probabilities are not returned: the reasoner must use eager attention "
-                               "(reasoner.set_attn_implementation('eager'))")
-        weights.append(output[1])
+    def keep(module: nn.Module, args: tuple, kwargs: dict, _output: object) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        weights.append(head_probabilities(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"), head))
 
-    handles = [module.register_forward_hook(keep) for module in modules]
+    handles = [module.register_forward_hook(keep, with_kwargs=True) for module in modules]
     try:
         yield weights
     finally:
@@ -144,14 +170,13 @@ def completion_groundings(tokenizer, completion: str, sample: Sample, box: Box, 
 
 def grounding_attention_loss(
     attention: Sequence[torch.Tensor],
-    head: int,
     prompt_ids: torch.Tensor,
     image_token_id: int,
     grids: Sequence[tuple[int, int]],
     groundings: Sequence[Sequence[GroundedTokens]],
 ) -> torch.Tensor:
     """Mean over samples, layers and grounded tokens of the cross-entropy between the target weights
-    and the head's attention from the position that predicts the token to the sample's image tokens.
+    and the grounded head's attention (B, L, L per layer) from the position that predicts the token to the sample's image tokens.
     Completion token t is predicted at prompt_len - 1 + t."""
     prompt_len = prompt_ids.shape[1]
     terms = []
@@ -166,7 +191,7 @@ def grounding_attention_loss(
         queries = torch.tensor([prompt_len - 1 + t for t in positions], device=prompt_ids.device)
         targets = targets.to(attention[0].device, torch.float32)
         for weights in attention:
-            probs = weights[row, head].index_select(0, queries).index_select(1, image.to(queries.device))
+            probs = weights[row].index_select(0, queries).index_select(1, image.to(queries.device))
             terms.append(-(targets * torch.log(probs.float() + 1e-8)).sum(-1))
     if not terms:
         return attention[0].new_zeros(())

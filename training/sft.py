@@ -54,7 +54,8 @@ def sft_step(model, encoder: BatchEncoder, samples,
     answers = batch.teacher_answers(template)
     ids, mask = model.encode_completions(answers)
     grounded = grounding is not None and grounding.weight > 0
-    with recorded_attention(attention_modules(model.reasoner, grounding.layers) if grounded else []) as attention:
+    modules = attention_modules(model.reasoner, grounding.layers) if grounded else []
+    with recorded_attention(modules, grounding.head if grounded else 0) as attention:
         logprobs, _ = model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask,
                                              with_logprobs=True, with_query_states=False)
     nll = completion_nll(logprobs, mask)
@@ -65,7 +66,7 @@ def sft_step(model, encoder: BatchEncoder, samples,
         groundings = [completion_groundings(model.processor.tokenizer, answer, sample, box, size, grid, grounding)
                       for answer, sample, box, size, grid in zip(answers, samples, batch.gt_boxes_in_reasoner_frame(),
                                                                    batch.resized_sizes, grids)]
-        aux = grounding_attention_loss(attention, grounding.head, batch.prompts.input_ids,
+        aux = grounding_attention_loss(attention, batch.prompts.input_ids,
                                        model.processor.image_token_id, grids, groundings)
         metrics["grounding_attention"] = float(aux.detach())
         loss = nll + grounding.weight * aux
@@ -76,8 +77,6 @@ def sft_step(model, encoder: BatchEncoder, samples,
 def train(cfg: SFTConfig) -> None:
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
-    if cfg.grounding_attention.weight > 0:
-        model.reasoner.set_attn_implementation("eager")  # the loss reads the attention probabilities
     exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
     params = stage_trainable(model, list(cfg.trainable), cfg.lora, exclude)
     step = partial(sft_step, grounding=cfg.grounding_attention)
