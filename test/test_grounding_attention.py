@@ -145,6 +145,8 @@ def test_recorded_head_probabilities_are_the_models_own(implementation):
         forward()
     handle.remove()
     assert not torch.allclose(recorded[0], other_head[0], atol=1e-3)  # it is that head, not any head
+    with pytest.raises(ValueError, match="head 9 is out of range"), torch.no_grad(), ga.recorded_attention([module], 9):
+        forward()
 
 
 def test_config_refuses_a_negative_weight_and_an_unknown_target():

@@ -87,6 +87,8 @@ def head_probabilities(module: nn.Module, hidden: torch.Tensor, position_embeddi
     model itself can run any attention implementation (SDPA never returns the probabilities, and eager
     attention for every head and layer costs more than the rest of a small model's step).
     ``mask`` is the mask the module received: None (causal), boolean (True attends) or additive."""
+    if not 0 <= head < module.num_heads:
+        raise ValueError(f"grounding_attention.head {head} is out of range for {module.num_heads} heads")
     batch, length, _ = hidden.shape
     dim = module.head_dim
     kv_head = head // module.num_key_value_groups
@@ -176,8 +178,8 @@ def grounding_attention_loss(
     groundings: Sequence[Sequence[GroundedTokens]],
 ) -> torch.Tensor:
     """Mean over samples, layers and grounded tokens of the cross-entropy between the target weights
-    and the grounded head's attention (B, L, L per layer) from the position that predicts the token to the sample's image tokens.
-    Completion token t is predicted at prompt_len - 1 + t."""
+    and the grounded head's attention (B, L, L per layer) from the position that predicts the token to
+    the sample's image tokens. Completion token t is predicted at prompt_len - 1 + t."""
     prompt_len = prompt_ids.shape[1]
     terms = []
     for row, (grid, sample_groundings) in enumerate(zip(grids, groundings, strict=True)):
