@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         generate_dataset(Path(tmp), num_images=args.images, seed=0, size=112, objects=(1, 6))
-        samples = list(load_dataset("synthetic", tmp, "train"))
-        model = build_demo_model(load_dataset("synthetic", tmp, "train"), DemoArchitecture(lm_init_std=0.088))
+        dataset = load_dataset("synthetic", tmp, "train")
+        samples = list(dataset)  # decoded while the files exist
+        model = build_demo_model(dataset, DemoArchitecture(lm_init_std=0.088))
     engine = build_engine(model, trainable_parameters(model, ["reasoner."]), EngineConfig(lr=1e-4), total_steps=10**6)
     set_train_modes(model)
     encoder = BatchEncoder(model, 0, vision_frozen=False, sam_encoder_frozen=False)

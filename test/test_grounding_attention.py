@@ -147,6 +147,10 @@ def test_recorded_head_probabilities_are_the_models_own(implementation):
     assert not torch.allclose(recorded[0], other_head[0], atol=1e-3)  # it is that head, not any head
     with pytest.raises(ValueError, match="head 9 is out of range"), torch.no_grad(), ga.recorded_attention([module], 9):
         forward()
+    hidden = torch.zeros(2, 5, module.q_proj.in_features)
+    for wrong in (torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 1, 5, 7, dtype=torch.bool)):  # padding only; a KV cache
+        with pytest.raises(ValueError, match=r"\(B, 1, 5, 5\) attention mask"):
+            ga.head_probabilities(module, hidden, None, wrong, head)
 
 
 def test_config_refuses_a_negative_weight_and_an_unknown_target():

@@ -86,10 +86,14 @@ def head_probabilities(module: nn.Module, hidden: torch.Tensor, position_embeddi
     from its inputs: the same projections, rotary embedding, scaling and mask as its forward, so the
     model itself can run any attention implementation (SDPA never returns the probabilities, and eager
     attention for every head and layer costs more than the rest of a small model's step).
-    ``mask`` is the mask the module received: None (causal), boolean (True attends) or additive."""
+    ``mask`` is the mask the module received: None (causal), or (B, 1, L, L) boolean (True attends) or
+    additive; a padding-only (B, L) mask, as flash attention gets, is refused rather than misread."""
     if not 0 <= head < module.num_heads:
         raise ValueError(f"grounding_attention.head {head} is out of range for {module.num_heads} heads")
     batch, length, _ = hidden.shape
+    if mask is not None and (mask.ndim != 4 or mask.shape[-2:] != (length, length)):
+        raise ValueError(f"grounding needs a (B, 1, {length}, {length}) attention mask (eager or SDPA attention, "
+                         f"no KV cache), got shape {tuple(mask.shape)}")
     dim = module.head_dim
     kv_head = head // module.num_key_value_groups
     query = module.q_proj(hidden)[..., head * dim:(head + 1) * dim].view(batch, length, 1, dim).transpose(1, 2)
@@ -97,13 +101,7 @@ def head_probabilities(module: nn.Module, hidden: torch.Tensor, position_embeddi
     cos, sin = position_embeddings
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     scores = (query @ key.transpose(-1, -2) * module.scaling)[:, 0].float()
-    if mask is None:
-        mask = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
-    else:
-        mask = mask[:, 0]
-        if mask.shape[-1] != length:
-            raise ValueError(f"attention over {mask.shape[-1]} keys for {length} positions: grounding needs a "
-                             "forward without a KV cache")
+    mask = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril() if mask is None else mask[:, 0]
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask.float()
     return scores.softmax(-1)
 
