@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt constraints.txt setup.py
 setup: $(VENV)/.installed
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-segment --image examples/scene.png --query "$(or $(QUERY),the small red circle)" --out demo_out
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-segment --image examples/scene.png --query "$(or $(QUERY),the leftmost circle)" --out demo_out
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider test

@@ -18,9 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--image", required=True, help="input image (PNG, JPEG, ...)")
     parser.add_argument("--query", required=True, help='referring expression, e.g. "the mug nearest the sink"')
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name (tiny-random, {DEFAULT_MODEL}), checkpoint folder or hub id "
-                             f"such as OuyBin/LENS (default: {DEFAULT_MODEL} if shipped, else tiny-random)")
+                             f"such as OuyBin/LENS (default: {DEFAULT_MODEL}, the small synthetic-scene model "
+                             "that ships with the package)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--template", choices=["direct", "reasoning"], default=None,
@@ -61,13 +62,12 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"image {image_path} could not be decoded (corrupt or unsupported format)")
     image = np.ascontiguousarray(bgr[:, :, ::-1])
 
-    from lens_model.hub import BUILTIN_DIR, load_model
+    from lens_model.hub import load_model
     from lens_model.visualize import draw_overlay
 
-    model_name = args.model or (DEFAULT_MODEL if (BUILTIN_DIR / DEFAULT_MODEL / "config.json").is_file() else "tiny-random")
-    print(f"Loading model {model_name} on {args.device}...", file=sys.stderr)
+    print(f"Loading model {args.model} on {args.device}...", file=sys.stderr)
     start = time.perf_counter()
-    model = load_model(model_name, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"Model ready in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
     if model.config.random_weights:
         print("WARNING: this model has RANDOM weights (a smoke-test model); its masks and answers are meaningless.",
@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _write_png(out / "mask.png", result.mask.astype(np.uint8) * 255)
     _write_png(out / "overlay.png", draw_overlay(image, result)[:, :, ::-1])
-    summary = {"image": str(image_path), "model": model_name, **result.to_dict()}
+    summary = {"image": str(image_path), "model": args.model, **result.to_dict()}
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     box = "none (" + result.box_status + ")" if result.box is None else "[" + ", ".join(f"{v:.1f}" for v in result.box) + "]"
     print(f"query: {query}\nbox: {box}\nlabel: {result.label}\nscore: {result.score:.3f}")

@@ -75,3 +75,23 @@ def test_architecture_rejects_sizes_the_pipeline_cannot_use():
         init_model.DemoArchitecture(sam_image_size=100)
     with pytest.raises(ValueError, match="lm_init_std must be positive"):
         init_model.DemoArchitecture(lm_init_std=0.0)
+
+
+def test_sam2_weights_come_from_their_own_seed(data_root):
+    """SAM 2's initial weights depend on ``sam_seed`` alone (not on the reasoner's seed, size or
+    tokenizer), and changing ``sam_seed`` leaves the reasoner and the context module as they were."""
+    dataset = load_dataset("synthetic", data_root, "train", per="ref")
+    arch = init_model.DemoArchitecture(hidden=64, layers=2, num_queries=4)
+
+    def weights(seed: int, sam_seed: int, prefix: str) -> dict:
+        state = init_model.build_demo_model(dataset, arch, seed, sam_seed).state_dict()
+        return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+    assert same(weights(0, 5, "sam."), weights(1, 5, "sam."))
+    assert not same(weights(0, 5, "sam."), weights(0, 6, "sam."))
+    for prefix in ("reasoner.", "context."):
+        assert same(weights(0, 5, prefix), weights(0, 6, prefix))
+        assert not same(weights(0, 5, prefix), weights(1, 5, prefix))

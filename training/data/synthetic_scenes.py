@@ -108,19 +108,31 @@ def sample_scene(rng: np.random.Generator, size: int, objects: tuple[int, int] =
     return Scene(image=image, objects=tuple(objects))
 
 
+def bounding_radius(shape: str, radius: float) -> float:
+    """Bounding-circle radius of ``shape`` with the area of a circle of ``radius``."""
+    return radius * math.sqrt(math.pi / UNIT_AREAS[shape])
+
+
+def make_object(
+    shape: str, color: str, size_name: str, center: tuple[float, float], radius: float, size: int
+) -> SceneObject:
+    """``shape`` with the area of a circle of ``radius`` pixels, centred at ``center`` of a ``size``-pixel image."""
+    extent = bounding_radius(shape, radius)
+    outline = UNIT_OUTLINES[shape] * extent + center
+    polygon = tuple(round(float(v), 2) for v in outline.reshape(-1))
+    return SceneObject(shape, color, size_name, center, extent, polygon, Polygons((polygon,)).to_mask(size, size))
+
+
 def _place(
     rng: np.random.Generator, size: int, shape: str, color: str, size_name: str, others: list[SceneObject]
 ) -> SceneObject | None:
     radius = rng.uniform(*SIZE_RADIUS[size_name]) * size
-    extent = radius * math.sqrt(math.pi / UNIT_AREAS[shape])
+    extent = bounding_radius(shape, radius)
     low, high = extent + 2, size - extent - 2
     for _ in range(MAX_PLACEMENT_TRIES):
         cx, cy = (float(v) for v in rng.uniform(low, high, size=2))
         if all(math.dist((cx, cy), o.center) >= extent + o.extent + GAP * size for o in others):
-            outline = UNIT_OUTLINES[shape] * extent + (cx, cy)
-            polygon = tuple(round(float(v), 2) for v in outline.reshape(-1))
-            mask = Polygons((polygon,)).to_mask(size, size)
-            return SceneObject(shape, color, size_name, (cx, cy), extent, polygon, mask)
+            return make_object(shape, color, size_name, (cx, cy), radius, size)
     return None
 
 

@@ -110,7 +110,7 @@ def sam2_overrides(arch: DemoArchitecture) -> list[str]:
     ]
 
 
-def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int = 0) -> LensModel:
+def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int = 0, sam_seed: int = 0) -> LensModel:
     torch.manual_seed(seed)
     tokenizer = tiny.build_tokenizer(list(tokenizer_corpus(dataset)), arch.vocab_size)
     pixels = arch.image_size**2
@@ -146,7 +146,13 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
         merge_size=arch.merge_size,
         image_mean=[arch.pixel_mean] * 3, image_std=[arch.pixel_std] * 3)
     processor = ReasonerProcessor(tokenizer, image_processor, tiny.CHAT_TEMPLATE)
-    return LensModel(config, reasoner, processor, sam_head.build_sam2(config.sam2_model_config))
+    # SAM 2 gets its own random stream: drawn after the reasoner, its weights would change with the
+    # tokenizer's size and the reasoner's shape, and whether box pretraining leaves its "every
+    # object" plateau depends on SAM 2's initial weights (docs/demo_model.md, eighth round).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sam_seed)
+        sam = sam_head.build_sam2(config.sam2_model_config)
+    return LensModel(config, reasoner, processor, sam)
 
 
 def parameter_counts(model: LensModel) -> dict[str, int]:
@@ -163,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="root of `python -m training.synthetic --out` (train split used)")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--out", required=True, help="folder for the untrained model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the reasoner's and context module's weights")
+    parser.add_argument("--sam-seed", type=int, default=0, help="seed of SAM 2's weights")
     for name, value in asdict(DemoArchitecture()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser
@@ -173,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     arch = DemoArchitecture(**{name: getattr(args, name) for name in asdict(DemoArchitecture())})
     start = time.perf_counter()
-    model = build_demo_model(load_dataset(args.dataset, args.data, "train", per="ref"), arch, args.seed)
+    model = build_demo_model(load_dataset(args.dataset, args.data, "train", per="ref"), arch, args.seed, args.sam_seed)
     save_model(model, Path(args.out))
     counts = parameter_counts(model)
     size_mb = (Path(args.out) / "model.safetensors").stat().st_size / 1e6
