@@ -18,18 +18,17 @@ from training.data.synthetic_scenes import COLORS, make_object
 
 SIZE = 448
 BACKGROUND = 228
-# shape, colour, equal-area radius and centre, as fractions of the image side (sizes in the ranges of
-# training.data.synthetic_scenes.SIZE_RADIUS: large 0.10-0.125, small 0.05-0.065). All circles: the
-# demo model names colours, sizes and positions far more reliably than the kind of a shape.
-OBJECTS = (("circle", "red", 0.115, (0.25, 0.28)), ("circle", "blue", 0.115, (0.70, 0.27)),
-           ("circle", "green", 0.115, (0.45, 0.72)), ("circle", "red", 0.058, (0.80, 0.74)))
+# shape, colour, size class, equal-area radius and centre, as fractions of the image side (radii in the
+# ranges of training.data.synthetic_scenes.SIZE_RADIUS). All circles: the demo model names colours,
+# sizes and positions far more reliably than the kind of a shape.
+OBJECTS = (("circle", "red", "large", 0.115, (0.25, 0.28)), ("circle", "blue", "large", 0.115, (0.70, 0.27)),
+           ("circle", "green", "large", 0.115, (0.45, 0.72)), ("circle", "red", "small", 0.058, (0.80, 0.74)))
 
 
 def render() -> np.ndarray:
     """The scene as an RGB image."""
     image = np.full((SIZE, SIZE, 3), BACKGROUND, np.uint8)
-    for shape, colour, radius, (cx, cy) in OBJECTS:
-        size_name = "small" if radius < 0.1 else "large"
+    for shape, colour, size_name, radius, (cx, cy) in OBJECTS:
         image[make_object(shape, colour, size_name, (cx * SIZE, cy * SIZE), radius * SIZE, SIZE).mask] = COLORS[colour]
     return image
 

@@ -6,7 +6,8 @@
   tokenizer trained on the synthetic training split (expressions, reasoning, answers in both
   templates, the prompts) plus Qwen's special tokens, and a small vision tower.
 * SAM 2: the tiny Hiera/SAM 2 of ``tiny-random`` at ``--sam-image-size``, without the dynamic
-  multimask fallback (only the single-mask output is trained, by ``training.demo.sam_pretrain``).
+  multimask fallback (only the single-mask output is trained, by ``training.demo.sam_pretrain``);
+  its weights come from their own seed, ``--sam-seed``.
 * Context module: ``--num-queries`` queries, every one a SAM 2 prompt token (``prompt_collapse``
   "none"); ``query_positions`` "mrope", so inference reuses the generation's KV cache.
 * ``template`` "reasoning", and the reasoner sees images at exactly ``--image-size`` pixels (a
