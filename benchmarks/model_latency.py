@@ -1,7 +1,8 @@
 """Tiny-model inference benchmarks: per-stage latency, KV-reuse query pass, predict_many amortisation.
 
-Run: python -m benchmarks.model_latency [--repeats N]. Numbers are for the tiny random model on this
-machine's CPU; the ratios, not the absolute times, are what carry over to real models.
+Run: python -m benchmarks.model_latency [--repeats N] [--model lens-synth-demo]. Numbers are for the
+tiny random model on this machine's CPU (``--model`` times the per-stage latency of another model, e.g.
+the shipped demo model); the ratios, not the absolute times, are what carry over to real models.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from lens_model.hub import build_tiny_random
+from lens_model.hub import build_tiny_random, load_model
 from lens_model.query_pass import full_query_pass
 
 
@@ -34,12 +35,14 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def stage_latency(repeats: int) -> None:
-    model = build_tiny_random().eval()
+def stage_latency(repeats: int, model_name: str) -> None:
+    model = load_model(model_name).eval()
     image = scene()
     model.predict(image, "the red square")
-    runs = [model.predict(image, "the red square").timings_ms for _ in range(repeats)]
-    print("per-stage latency, tiny model, 640x480 image (median ms):")
+    runs = [model.predict(image, "the red square") for _ in range(repeats)]
+    tokens = statistics.median(r.generated_tokens for r in runs)
+    print(f"per-stage latency, {model_name}, 640x480 image, {tokens:.0f} generated tokens (median ms):")
+    runs = [r.timings_ms for r in runs]
     for stage in runs[0]:
         print(f"  {stage:<18} {statistics.median(r[stage] for r in runs):8.2f}")
 
@@ -92,13 +95,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--model", default="tiny-random", help="model for the per-stage latency (any load_model name)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 is "
                         "steadier on a shared machine")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    stage_latency(args.repeats)
+    stage_latency(args.repeats, args.model)
     kv_reuse(args.repeats, args.new_tokens)
     amortisation(args.repeats, (1, 4, 8))
 
