@@ -38,7 +38,7 @@ def test_sam_pretraining_lowers_the_mask_loss_and_changes_only_sam(data_root, tm
     out = tmp_path / "out"
     args = ["--config", CONFIG, "model.init=tiny-random", f"data.root={data_root}", f"output_dir={out}",
             "max_steps=12", "engine.micro_batch_size=2", "engine.warmup_steps=0", "engine.lr=2e-3",
-            "log.every_steps=3", "data.eval_limit=8", "log.progress_bar=false"]
+            "log.every_steps=3", "data.eval_limit=8", "log.progress_bar=false", "min_eval_giou=0"]
     assert sam_pretrain.main(args) == 0
     records = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert records[-1]["loss"] < 0.8 * records[0]["loss"]
@@ -53,3 +53,15 @@ def test_sam_pretraining_lowers_the_mask_loss_and_changes_only_sam(data_root, tm
     assert changed and all(k.startswith("sam.") for k in changed)
     assert json.loads((out / "training_info.json").read_text())["stage"] == "sam_pretrain"
     load_model(str(out))
+
+
+def test_a_sam_2_below_min_eval_giou_fails_after_export(data_root, tmp_path, capsys):
+    """A decoder still on its plateau stops the pipeline with a clear message; the model is kept."""
+    out = tmp_path / "out"
+    args = ["--config", CONFIG, "model.init=tiny-random", f"data.root={data_root}", f"output_dir={out}",
+            "max_steps=2", "engine.micro_batch_size=2", "data.eval_limit=8", "log.progress_bar=false"]
+    assert sam_pretrain.main([*args, "min_eval_giou=1.01"]) == 1
+    assert "stayed on its 'every object' plateau" in capsys.readouterr().err
+    assert (out / "model.safetensors").is_file()
+    giou = [r for r in read_metrics(out / "metrics.jsonl") if "eval_box_prompt_gIoU" in r][-1]["eval_box_prompt_gIoU"]
+    assert sam_pretrain.main([*args, f"min_eval_giou={giou}"]) == 0  # resumed at its last step: the same gIoU

@@ -4,7 +4,7 @@
 #   bash training/demo/pipeline.sh                 # from the repository root; data/demo, outputs/demo
 #   DATA=/tmp/d OUT=/tmp/o bash training/demo/pipeline.sh
 #   INSTALL=1 bash training/demo/pipeline.sh       # also copy the final model to lens_model/assets/
-#   EXTRA="max_steps=2 data.eval_limit=2" EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
+#   EXTRA="max_steps=2 data.eval_limit=2" SAM_EXTRA=min_eval_giou=0 EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
 #
 # Synthetic data -> untrained model -> [vision tower pretraining | SAM 2 box pretraining] -> SFT
 # (data-parallel on both cores) -> graft -> [alignment | evaluation of SFT] -> [GRPO without | with
@@ -19,6 +19,7 @@ DATA=${DATA:-data/demo}
 OUT=${OUT:-outputs/demo}
 DOC=${DOC-docs/demo_model.md}      # receives the ablation table; empty: print it only
 EXTRA=${EXTRA:-}                   # key=value overrides appended to every training stage
+SAM_EXTRA=${SAM_EXTRA:-}           # and to SAM 2 pretraining only (it fails below min_eval_giou: 0.5)
 NPROC=${NPROC:-2}                  # SFT processes (data parallel)
 # The test split has 5703 expressions (about 3.5 evaluated per second): the table uses its first 819; EVAL_LIMIT= for all.
 EVAL_LIMIT=${EVAL_LIMIT-819}
@@ -49,7 +50,7 @@ stamp "2/8 untrained demo model"
 stamp "3/8 vision tower pretraining | SAM 2 box pretraining"
 side_by_side \
     "$PY -m training.demo.vision_pretrain --config training/configs/demo_vision.yaml model.init=$OUT/init output_dir=$OUT/vision $COMMON" \
-    "$PY -m training.demo.sam_pretrain --config training/configs/demo_sam.yaml model.init=$OUT/init output_dir=$OUT/sam $COMMON"
+    "$PY -m training.demo.sam_pretrain --config training/configs/demo_sam.yaml model.init=$OUT/init output_dir=$OUT/sam $COMMON $SAM_EXTRA"
 
 stamp "4/8 SFT ($NPROC processes)"
 $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training.sft --config training/configs/demo_sft.yaml \

@@ -10,8 +10,11 @@ embeddings instead of context-module prompts); the loss is BCE + Dice at the ori
 A training item is one image with every one of its targets, as SAM is trained: the image is encoded
 once, and prompts on the same image that must give different masks are what teaches the decoder
 to follow the box (one random target per image leaves it stuck at "every object", IoU ~0.23).
-Evaluation prompts with the exact ground-truth boxes and reports the mask gIoU and cIoU. Config,
-checkpoints, resume, logging and export are those of every stage (``training.loop``).
+Evaluation prompts with the exact ground-truth boxes and reports the mask gIoU and cIoU. Whether
+the decoder leaves that plateau at all depends on SAM 2's initial weights, so the run exits with
+status 1 (after exporting) when the final gIoU stays below ``min_eval_giou``: the later stages would
+train on a SAM 2 that ignores its prompts. Config, checkpoints, resume, logging and export are those
+of every stage (``training.loop``).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class SamPretrainConfig(StageConfig):
     trainable: list[str] = field(default_factory=lambda: ["sam."])
     loss: MaskLossWeights = field(default_factory=MaskLossWeights)
     box_jitter: float = 0.1  # each box side moves by up to this fraction of the box's width/height
+    min_eval_giou: float = 0.0  # fail when the final box-prompted gIoU is below this (0: no check)
 
 
 def sam_boxes(samples: list[Sample], image_size: int, jitter: float) -> torch.Tensor:
@@ -99,17 +103,32 @@ def box_prompt_eval(model: LensModel, cfg: StageConfig, batch_size: int = 16) ->
     return {"eval_box_prompt_gIoU": float(summary["gIoU"]), "eval_box_prompt_cIoU": float(summary["cIoU"])}
 
 
-def train(cfg: SamPretrainConfig) -> None:
+def train(cfg: SamPretrainConfig) -> dict[str, float]:
+    """Train and export; returns the last evaluation's metrics (empty without evaluation)."""
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
     params = trainable_parameters(model, list(cfg.trainable))
-    run_supervised(cfg, "sam_pretrain", model, params, partial(sam_step, cfg=cfg), evaluate=box_prompt_eval,
+    last: dict[str, float] = {}
+
+    def evaluate(model: LensModel, cfg: StageConfig) -> dict[str, float]:
+        last.update(box_prompt_eval(model, cfg))
+        return dict(last)
+
+    run_supervised(cfg, "sam_pretrain", model, params, partial(sam_step, cfg=cfg), evaluate=evaluate,
                    dataset=ImageTargets(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, per="ref")))
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, SamPretrainConfig, description="Pretrain SAM 2 with box prompts (demo stand-in for SAM 2 weights)")
-    train(cfg)
+    giou = train(cfg).get("eval_box_prompt_gIoU")
+    if giou is not None and giou < cfg.min_eval_giou:
+        print(f"sam_pretrain: error: box-prompted gIoU {giou:.3f} is below min_eval_giou {cfg.min_eval_giou}: SAM 2's "
+              f"mask decoder stayed on its 'every object' plateau, and alignment cannot work on top of it. The model "
+              f"is exported to {cfg.output_dir} all the same. Whether the decoder leaves the plateau depends on SAM "
+              f"2's initial weights: build the untrained model with another `python -m training.demo.init_model "
+              f"--sam-seed` and train again (docs/demo_model.md, eighth round).", file=sys.stderr)
+        return 1
     return 0
 
 
