@@ -39,12 +39,11 @@ def stage_latency(repeats: int, model_name: str) -> None:
     model = load_model(model_name).eval()
     image = scene()
     model.predict(image, "the red square")
-    runs = [model.predict(image, "the red square") for _ in range(repeats)]
-    tokens = statistics.median(r.generated_tokens for r in runs)
+    results = [model.predict(image, "the red square") for _ in range(repeats)]
+    tokens = statistics.median(r.generated_tokens for r in results)
     print(f"per-stage latency, {model_name}, 640x480 image, {tokens:.0f} generated tokens (median ms):")
-    runs = [r.timings_ms for r in runs]
-    for stage in runs[0]:
-        print(f"  {stage:<18} {statistics.median(r[stage] for r in runs):8.2f}")
+    for stage in results[0].timings_ms:
+        print(f"  {stage:<18} {statistics.median(r.timings_ms[stage] for r in results):8.2f}")
 
 
 @torch.inference_mode()
