@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lens_model.errors import CheckpointFormatError
+from lens_model.prompts import check_instruction
 
 PromptCollapse = Literal["conv1d", "none"]
 QueryPositions = Literal["sequential", "mrope"]
@@ -67,6 +68,9 @@ class LensConfig:
     max_pixels: int = 1_000_000
     template: Template = "direct"
     system_prompt: str = "You are a helpful assistant. "
+    # The user turn for ``template``, a format pattern with {query}; empty: the template's built-in
+    # prompt (the paper's). Models trained with their own wording (the demo model) carry it here.
+    instruction: str = ""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     mask_threshold: float = 0.0
     max_query_chars: int = 2000
@@ -86,6 +90,11 @@ class LensConfig:
             raise CheckpointFormatError(f"template must be 'direct' or 'reasoning', got {self.template!r}")
         if self.num_queries < 1:
             raise CheckpointFormatError("num_queries must be at least 1")
+        if self.instruction:
+            try:
+                check_instruction(self.instruction)
+            except ValueError as exc:
+                raise CheckpointFormatError(str(exc)) from exc
 
     @property
     def reuses_kv_cache(self) -> bool:

@@ -129,7 +129,9 @@ class LensModel(nn.Module):
 
     def encode_prompts(self, queries: list[str], encoded: list[EncodedImage], template: str | None = None) -> EncodedPrompts:
         template = template or self.config.template
-        texts = [self.processor.render(q, template, self.config.system_prompt) for q in queries]
+        # A custom instruction belongs to the template the model was trained with.
+        instruction = self.config.instruction if template == self.config.template else ""
+        texts = [self.processor.render(q, template, self.config.system_prompt, instruction) for q in queries]
         prompts = self.processor.encode_prompts(texts, [e.num_tokens for e in encoded])
         return EncodedPrompts(*(t.to(self.device) for t in (prompts.input_ids, prompts.attention_mask, prompts.mm_token_type_ids)))
 

@@ -72,8 +72,8 @@ class ReasonerProcessor:
         _, rows, cols = (int(v) for v in grid_thw)
         return rows // self.merge_size, cols // self.merge_size
 
-    def render(self, query: str, template: str, system_prompt: str) -> str:
-        messages = build_messages(query, template, system_prompt)
+    def render(self, query: str, template: str, system_prompt: str, instruction: str = "") -> str:
+        messages = build_messages(query, template, system_prompt, instruction)
         return self.tokenizer.apply_chat_template(
             messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
         )

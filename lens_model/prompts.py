@@ -34,14 +34,28 @@ def clean_query(query: object, max_chars: int) -> str:
     return query
 
 
-def build_messages(query: str, template: str, system_prompt: str) -> list[dict[str, Any]]:
-    """Chat messages in the Qwen2.5-VL format: system prompt, then the image followed by the question."""
+def check_instruction(instruction: str) -> None:
+    """A custom user-turn text must be a ``str.format`` pattern whose only field is ``{query}``
+    (literal braces doubled, as in the built-in templates)."""
+    marker = "\0"
+    try:
+        filled = instruction.format(query=marker)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"instruction {instruction!r} is not a format pattern with the one field {{query}}: {exc}") from exc
+    if marker not in filled:
+        raise ValueError(f"instruction must contain the field {{query}}, got {instruction!r}")
+
+
+def build_messages(query: str, template: str, system_prompt: str, instruction: str = "") -> list[dict[str, Any]]:
+    """Chat messages in the Qwen2.5-VL format: system prompt, then the image followed by the question
+    (``instruction`` with the query filled in, or the template's built-in text when it is empty)."""
     if template not in TEMPLATES:
         raise InputError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+    question = (instruction or TEMPLATES[template]).format(query=query)
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
         {
             "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": TEMPLATES[template].format(query=query)}],
+            "content": [{"type": "image"}, {"type": "text", "text": question}],
         },
     ]

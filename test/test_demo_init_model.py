@@ -33,8 +33,27 @@ def test_init_model_writes_a_loadable_untrained_demo_model(data_root, tmp_path):
     reasoning = load_dataset("synthetic", data_root, "train")[0].reasoning
     demo_tokens = len(model.processor.tokenizer(reasoning)["input_ids"])
     assert demo_tokens < 0.6 * len(tiny.build_tokenizer()(reasoning)["input_ids"])
+    assert config.instruction == ""  # the paper's prompt
     result = model.predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4)
     assert result.mask.shape == (112, 112)
+
+
+def test_instruction_option_sets_the_prompt_and_joins_the_tokenizer_corpus(data_root, tmp_path):
+    """``--instruction`` is saved in the model's config, prompts it, and is in the tokenizer's
+    corpus: the short prompt takes under half the paper's tokens."""
+    out = tmp_path / "short"
+    instruction = 'Find "{query}".'
+    assert init_model.main(["--data", str(data_root), "--out", str(out), "--hidden", "64", "--layers", "2",
+                            "--num-queries", "4", "--instruction", instruction]) == 0
+    model = load_model(str(out))
+    assert model.config.instruction == instruction
+    assert next(init_model.tokenizer_corpus(load_dataset("synthetic", data_root, "train", per="ref"), instruction)) == instruction
+
+    def prompt_tokens(text: str) -> int:
+        rendered = model.processor.render("the red circle", "reasoning", model.config.system_prompt, text)
+        return len(model.processor.tokenizer(rendered)["input_ids"])
+
+    assert prompt_tokens(instruction) < 0.5 * prompt_tokens("")
 
 
 def test_patch_and_merge_sizes_set_the_number_of_image_tokens(data_root, tmp_path):

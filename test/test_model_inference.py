@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from lens_model.errors import InputError
+from lens_model.config import LensConfig
+from lens_model.errors import CheckpointFormatError, InputError
 from model_fixtures import scene, tiny_model
 
 
@@ -73,20 +74,41 @@ def test_bad_images_raise_input_error(model, image):
         model.predict(image, "the red square")
 
 
-def test_reasoning_template_prompt_reaches_the_reasoner(model):
+def rendered_prompt(model, query: str, template: str | None) -> str:
+    """The prompt text ``predict`` renders for ``query``."""
     captured = {}
     render = model.processor.render
 
-    def spy(query, template, system_prompt):
-        captured["text"] = render(query, template, system_prompt)
+    def spy(*args):
+        captured["text"] = render(*args)
         return captured["text"]
 
     model.processor.render = spy
     try:
-        model.predict(scene(), "the red square", template="reasoning", max_new_tokens=4)
+        model.predict(scene(), query, template=template, max_new_tokens=4)
     finally:
         model.processor.render = render
-    assert "<think>" in captured["text"] and "the red square" in captured["text"]
+    return captured["text"]
+
+
+def test_reasoning_template_prompt_reaches_the_reasoner(model):
+    text = rendered_prompt(model, "the red square", "reasoning")
+    assert "<think>" in text and "the red square" in text
+
+
+def test_custom_instruction_replaces_the_prompt_of_the_models_own_template():
+    """A model trained with its own wording (``LensConfig.instruction``) is prompted with it; asked
+    for the other template, it gets that template's built-in prompt."""
+    model = tiny_model(template="reasoning", instruction='Find "{query}".')
+    text = rendered_prompt(model, "the red square", None)
+    assert 'Find "the red square".<|im_end|>' in text and "<think>" not in text
+    assert "Output the bounding box of the the red square" in rendered_prompt(model, "the red square", "direct")
+
+
+@pytest.mark.parametrize("instruction", ["Find it.", "Find {{query}}.", "Find {query} {other}", "Find {query} {"])
+def test_instruction_without_exactly_the_query_field_is_rejected(instruction):
+    with pytest.raises(CheckpointFormatError, match="instruction"):
+        LensConfig(instruction=instruction)
 
 
 def test_clean_variant_uses_all_queries_as_prompts():

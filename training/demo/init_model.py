@@ -10,8 +10,11 @@
   its weights come from their own seed, ``--sam-seed``.
 * Context module: ``--num-queries`` queries, every one a SAM 2 prompt token (``prompt_collapse``
   "none"); ``query_positions`` "mrope", so inference reuses the generation's KV cache.
-* ``template`` "reasoning", and the reasoner sees images at exactly ``--image-size`` pixels (a
-  multiple of 28), so its frame and the synthetic images' pixel frame coincide.
+* ``template`` "reasoning" with the paper's prompt, or the user turn ``--instruction`` (such as
+  ``'Find "{query}".'``: a model trained from scratch learns the answer format from SFT, and the
+  paper's 80-token description is a quarter of every training sequence; docs/demo_model.md, ninth
+  round), and the reasoner sees images at exactly ``--image-size`` pixels (a multiple of 28), so its
+  frame and the synthetic images' pixel frame coincide.
 * Two departures from Qwen's defaults for a from-scratch model on these scenes: text RoPE base
   ``--rope-theta`` 10 (see ``DemoArchitecture``) and pixel normalisation centred on the backgrounds;
   ``--lm-init-std`` sets the language model's initial weight scale (Qwen's 0.02 by default).
@@ -86,8 +89,10 @@ class DemoArchitecture:
             raise ValueError("hidden / heads must be a multiple of 8 (M-RoPE sections)")
 
 
-def tokenizer_corpus(dataset: TargetDataset) -> Iterator[str]:
-    """Every expression, its reasoning and its answers in both templates, and both prompts."""
+def tokenizer_corpus(dataset: TargetDataset, instruction: str = "") -> Iterator[str]:
+    """Every expression, its reasoning and its answers in both templates, and every prompt."""
+    if instruction:
+        yield instruction
     for template in TEMPLATES.values():
         yield template
     for index, target in enumerate(dataset.targets):
@@ -111,9 +116,10 @@ def sam2_overrides(arch: DemoArchitecture) -> list[str]:
     ]
 
 
-def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int = 0, sam_seed: int = 0) -> LensModel:
+def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int = 0, sam_seed: int = 0,
+                     instruction: str = "") -> LensModel:
     torch.manual_seed(seed)
-    tokenizer = tiny.build_tokenizer(list(tokenizer_corpus(dataset)), arch.vocab_size)
+    tokenizer = tiny.build_tokenizer(list(tokenizer_corpus(dataset, instruction)), arch.vocab_size)
     pixels = arch.image_size**2
     config = LensConfig(
         reasoner=DEMO_NAME,
@@ -127,6 +133,7 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
         min_pixels=pixels,
         max_pixels=pixels,
         template="reasoning",
+        instruction=instruction,
         generation=GenerationConfig(max_new_tokens=arch.max_new_tokens),
         random_weights=True,
         name=DEMO_NAME,
@@ -172,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder for the untrained model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reasoner's and context module's weights")
     parser.add_argument("--sam-seed", type=int, default=0, help="seed of SAM 2's weights")
+    parser.add_argument("--instruction", default="",
+                        help="user turn, a format pattern with {query}; default: the paper's reasoning prompt")
     for name, value in asdict(DemoArchitecture()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser
@@ -181,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     arch = DemoArchitecture(**{name: getattr(args, name) for name in asdict(DemoArchitecture())})
     start = time.perf_counter()
-    model = build_demo_model(load_dataset(args.dataset, args.data, "train", per="ref"), arch, args.seed, args.sam_seed)
+    model = build_demo_model(load_dataset(args.dataset, args.data, "train", per="ref"), arch, args.seed, args.sam_seed,
+                             args.instruction)
     save_model(model, Path(args.out))
     counts = parameter_counts(model)
     size_mb = (Path(args.out) / "model.safetensors").stat().st_size / 1e6
