@@ -69,7 +69,8 @@ class LensConfig:
     template: Template = "direct"
     system_prompt: str = "You are a helpful assistant. "
     # The user turn for ``template``, a format pattern with {query}; empty: the template's built-in
-    # prompt (the paper's). Models trained with their own wording (the demo model) carry it here.
+    # prompt (the paper's). Models trained with their own wording (for example from
+    # ``training.demo.init_model --instruction``) carry it here.
     instruction: str = ""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     mask_threshold: float = 0.0
@@ -91,10 +92,7 @@ class LensConfig:
         if self.num_queries < 1:
             raise CheckpointFormatError("num_queries must be at least 1")
         if self.instruction:
-            try:
-                check_instruction(self.instruction)
-            except ValueError as exc:
-                raise CheckpointFormatError(str(exc)) from exc
+            check_instruction(self.instruction)
 
     @property
     def reuses_kv_cache(self) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lens_model.errors import InputError
+from lens_model.errors import CheckpointFormatError, InputError
 
 # The authors' "pr1_grounding" question template (used by the released RefCOCO checkpoints).
 DIRECT_TEMPLATE = "Output the bounding box of the {query} in the image."
@@ -35,15 +35,16 @@ def clean_query(query: object, max_chars: int) -> str:
 
 
 def check_instruction(instruction: str) -> None:
-    """A custom user-turn text must be a ``str.format`` pattern whose only field is ``{query}``
-    (literal braces doubled, as in the built-in templates)."""
+    """A model's custom user turn (``LensConfig.instruction``) must be a ``str.format`` pattern whose
+    only field is ``{query}`` (literal braces doubled, as in the built-in templates)."""
     marker = "\0"
     try:
         filled = instruction.format(query=marker)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"instruction {instruction!r} is not a format pattern with the one field {{query}}: {exc}") from exc
+        raise CheckpointFormatError(
+            f"instruction {instruction!r} is not a format pattern with the one field {{query}}: {exc}") from exc
     if marker not in filled:
-        raise ValueError(f"instruction must contain the field {{query}}, got {instruction!r}")
+        raise CheckpointFormatError(f"instruction must contain the field {{query}}, got {instruction!r}")
 
 
 def build_messages(query: str, template: str, system_prompt: str, instruction: str = "") -> list[dict[str, Any]]:
