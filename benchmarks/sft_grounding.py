@@ -1,7 +1,8 @@
 """SFT step time of the demo model with attention grounding: the grounded head's probabilities
 recomputed from its layers' inputs (the reasoner on SDPA, as ``training.sft`` runs it) against eager
-attention in every layer (what reading the probabilities off the model would need), and without
-grounding for reference.
+attention in every layer (what reading the probabilities off the model would need), without
+grounding for reference, and with the short user turn ``Find "{query}".`` (``LensConfig.instruction``)
+instead of the paper's reasoning prompt.
 
     python -m benchmarks.sft_grounding [--repeats 5] [--batch-size 16] [--images 64] [--threads 1]
 
@@ -32,7 +33,9 @@ from training.sft import sft_step
 from training.stage import BatchEncoder
 from training.synthetic import generate_dataset
 
-SETTINGS = ("grounded head recomputed (SDPA)", "eager attention everywhere", "no grounding (SDPA)")
+SETTINGS = ("grounded head recomputed (SDPA)", "eager attention everywhere", "no grounding (SDPA)",
+            "grounded, short prompt (SDPA)")
+SHORT_INSTRUCTION = 'Find "{query}".'
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         generate_dataset(Path(tmp), num_images=args.images, seed=0, size=112, objects=(1, 6))
         dataset = load_dataset("synthetic", tmp, "train")
         samples = list(dataset)  # decoded while the files exist
-        model = build_demo_model(dataset, DemoArchitecture(lm_init_std=0.088))
+        # The tokenizer learns both prompts (the paper's is always in its corpus).
+        model = build_demo_model(dataset, DemoArchitecture(lm_init_std=0.088), instruction=SHORT_INSTRUCTION)
     engine = build_engine(model, trainable_parameters(model, ["reasoner."]), EngineConfig(lr=1e-4), total_steps=10**6)
     set_train_modes(model)
     encoder = BatchEncoder(model, 0, vision_frozen=False, sam_encoder_frozen=False)
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step(setting: str) -> float:
         model.reasoner.set_attn_implementation("eager" if setting == SETTINGS[1] else "sdpa")
+        model.config.instruction = SHORT_INSTRUCTION if setting == SETTINGS[3] else ""
         batch = rng.sample(samples, args.batch_size)
         start = time.perf_counter()
         loss, _ = sft_step(model, encoder, batch, grounding if setting != SETTINGS[2] else None)
