@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from training.common.config import parse_cli
-from training.common.rng import seed_everything
 from training.loop import run_supervised, trainable_parameters
 from training.losses import MaskLossWeights
-from training.stage import BatchEncoder, StageConfig, build_model, segmentation_loss
+from training.stage import BatchEncoder, StageConfig, build_seeded_model, segmentation_loss
 
 
 @dataclass
@@ -43,8 +42,7 @@ def align_step(model, encoder: BatchEncoder, samples, weights: MaskLossWeights):
 
 
 def train(cfg: AlignConfig) -> None:
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_seeded_model(cfg)
     params = trainable_parameters(model, list(cfg.trainable))
     run_supervised(cfg, "align", model, params, partial(align_step, weights=cfg.loss))
 

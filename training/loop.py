@@ -5,8 +5,7 @@ metrics); this module does the rest the same way for every stage: engine, train/
 parts, feature caches, resumable data order, atomic checkpoints and exact resume, logging, periodic
 and final evaluation with the evaluator, and the export of a directly loadable model.
 
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_seeded_model(cfg)
     run_supervised(cfg, "sft", model, trainable_parameters(model, cfg.trainable), sft_step)
 """
 from __future__ import annotations
@@ -142,7 +141,7 @@ def run_supervised(
     """Train ``params`` of ``model`` for ``cfg.max_steps`` optimizer steps, resuming from the latest
     checkpoint under ``cfg.output_dir`` if there is one, then evaluate and export the model there.
 
-    Call ``seed_everything(cfg.seed)`` before building the model. ``evaluate`` runs every
+    Build the model with ``build_seeded_model(cfg)``. ``evaluate`` runs every
     ``cfg.eval_every_steps`` and at the end (unless ``data.eval_limit`` is 0). ``before_export`` runs
     on the trained model just before it is written (e.g. to merge adapters). ``dataset`` replaces the
     default one sample per target of ``cfg.data`` (``step`` then receives its items).

@@ -24,12 +24,11 @@ from functools import partial
 import torch
 
 from training.common.config import parse_cli
-from training.common.rng import seed_everything
 from training.grounding_attention import (GroundingAttentionSection, attention_modules, completion_groundings,
                                           grounding_attention_loss, recorded_attention)
 from training.lora import LoraSection, merge_lora, stage_trainable
 from training.loop import VISION_TOWER, run_supervised
-from training.stage import BatchEncoder, StageConfig, build_model
+from training.stage import BatchEncoder, StageConfig, build_seeded_model
 
 
 @dataclass
@@ -75,8 +74,7 @@ def sft_step(model, encoder: BatchEncoder, samples,
 
 
 def train(cfg: SFTConfig) -> None:
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_seeded_model(cfg)
     exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
     params = stage_trainable(model, list(cfg.trainable), cfg.lora, exclude)
     step = partial(sft_step, grounding=cfg.grounding_attention)

@@ -23,6 +23,7 @@ from lens_model.config import LensConfig
 from lens_model.modeling import LensModel
 from lens_model.processor import EncodedPrompts
 from training.common import distributed
+from training.common.rng import seed_everything
 from training.common.sampler import ResumableSampler
 from training.common.schema import TrainConfig
 from training.data.registry import load_dataset
@@ -92,6 +93,17 @@ def build_model(section: ModelSection) -> LensModel:
         model = build_new(config).to(resolve_dtype(section.dtype, torch.device("cpu")))
     if section.gradient_checkpointing:
         model.reasoner.gradient_checkpointing_enable()
+    return model
+
+
+def build_seeded_model(cfg: StageConfig) -> LensModel:
+    """``build_model`` between two ``seed_everything(cfg.seed)``: a newly built model's weights come
+    from the seed, and the training stream (data order, box jitter, dropout, sampling) starts from the
+    seed whatever building drew. Loading a checkpoint first draws random weights for its architecture,
+    so without the second seeding a stage's training would change with, say, the tokenizer's size."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model)
+    seed_everything(cfg.seed)
     return model
 
 

@@ -45,7 +45,8 @@ stamp "1/8 synthetic scenes"
 [ -f "$DATA/synthetic/instances.json" ] || $PY -m training.synthetic --out "$DATA" --images 8000 --size 112 --seed 5 --objects 1 6
 
 stamp "2/8 untrained demo model"
-[ -f "$OUT/init/config.json" ] || $PY -m training.demo.init_model --data "$DATA" --out "$OUT/init" --lm-init-std 0.088 --rope-theta 1e6 --sam-seed 2
+[ -f "$OUT/init/config.json" ] || $PY -m training.demo.init_model --data "$DATA" --out "$OUT/init" --lm-init-std 0.088 --rope-theta 1e6 --sam-seed 2 \
+    --instruction 'Find "{query}".'
 
 stamp "3/8 vision tower pretraining | SAM 2 box pretraining"
 side_by_side \

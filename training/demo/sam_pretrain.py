@@ -29,14 +29,13 @@ from lens_model import sam_head
 from lens_model.modeling import LensModel
 from training.common import distributed
 from training.common.config import parse_cli
-from training.common.rng import seed_everything
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
 from training.loop import run_supervised, trainable_parameters
 from training.losses import MaskLossWeights
 from training.metrics import SegmentationMeter
-from training.stage import BatchEncoder, StageConfig, build_model, segmentation_loss
+from training.stage import BatchEncoder, StageConfig, build_seeded_model, segmentation_loss
 
 
 @dataclass
@@ -105,8 +104,7 @@ def box_prompt_eval(model: LensModel, cfg: StageConfig, batch_size: int = 16) ->
 
 def train(cfg: SamPretrainConfig) -> dict[str, float]:
     """Train and export; returns the last evaluation's metrics (empty without evaluation)."""
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_seeded_model(cfg)
     params = trainable_parameters(model, list(cfg.trainable))
     last: dict[str, float] = {}
 

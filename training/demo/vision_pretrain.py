@@ -35,12 +35,11 @@ from torch import nn
 from lens_model.modeling import LensModel
 from lens_model.processor import token_at
 from training.common.config import parse_cli
-from training.common.rng import seed_everything
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
 from training.loop import VISION_TOWER, run_supervised, trainable_parameters
-from training.stage import BatchEncoder, StageConfig, build_model
+from training.stage import BatchEncoder, StageConfig, build_seeded_model
 
 PROBE = "dense_probe"
 
@@ -191,8 +190,7 @@ def dense_eval(model: LensModel, cfg: VisionPretrainConfig, batch_size: int = 16
 
 
 def train(cfg: VisionPretrainConfig) -> None:
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_seeded_model(cfg)
     attach_probe(model, cfg.shape_cells, cfg.categories)
     params = trainable_parameters(model, list(cfg.trainable))
     run_supervised(cfg, "vision_pretrain", model, params, partial(dense_step, cfg=cfg), evaluate=dense_eval,

@@ -7,14 +7,13 @@ import time
 import torch
 
 from training.common.engine import build_engine
-from training.common.rng import seed_everything
 from training.grpo.config import GRPOConfig
 from training.grpo.rollout import Rollout, generate
 from training.grpo.update import policy_loss
 from training.loop import (SAM_IMAGE_ENCODER, VISION_TOWER, export, is_frozen, periodic_eval, periodic_eval_due,
                            stage_encoder, start_run)
 from training.lora import merge_lora, stage_trainable
-from training.stage import build_model, training_dataset
+from training.stage import build_seeded_model, training_dataset
 
 
 def set_rollout_train_modes(model) -> None:
@@ -41,8 +40,7 @@ def mean_stats(rollouts: list[Rollout]) -> dict[str, float]:
 def train(cfg: GRPOConfig) -> None:
     if cfg.rollout.group_size < 2:
         raise ValueError("rollout.group_size must be at least 2 (advantages are relative within a group)")
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_seeded_model(cfg)
     reference = reference_policy(model, cfg)
     # Adapters (if any) go in after the reference copy, which keeps the plain starting weights.
     params = stage_trainable(model, list(cfg.trainable), cfg.lora)
