@@ -42,6 +42,19 @@ def test_only_the_context_module_changes(data_root, tmp_path):
     assert changed and all(k.startswith("context.") for k in changed)
 
 
+def test_an_alignment_below_min_eval_giou_fails_after_export(data_root, tmp_path, capsys):
+    """A context module still on its plateau stops the pipeline with a clear message; the model is kept."""
+    out = tmp_path / "out"
+    args = ["--config", CONFIG, f"data.root={data_root}", f"output_dir={out}", *QUIET, "max_steps=2",
+            "data.eval_limit=4"]
+    assert align.main([*args, "min_eval_giou=1.01"]) == 1
+    assert "align: error: eval_gIoU" in capsys.readouterr().err
+    assert (out / "model.safetensors").is_file()
+    giou = [r for r in read_metrics(out / "metrics.jsonl") if "eval_gIoU" in r][-1]["eval_gIoU"]
+    assert align.main([*args, f"min_eval_giou={giou}"]) == 0  # resumed at its last step: the same gIoU
+    assert align.main([*args, "min_eval_giou=1.01", "data.eval_limit=0"]) == 0  # no evaluation, no check
+
+
 def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, monkeypatch):
     assert_exact_resume(align.main, CONFIG, data_root, tmp_path, monkeypatch,
                         ("max_steps=6", "checkpoint.every_steps=3", "data.eval_limit=0"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from training.common.config import parse_cli
-from training.loop import run_supervised, trainable_parameters
+from training.loop import meets_minimum, run_supervised, trainable_parameters
 from training.losses import MaskLossWeights
 from training.stage import BatchEncoder, StageConfig, build_seeded_model, segmentation_loss
 
@@ -27,6 +27,7 @@ class AlignConfig(StageConfig):
     # Parameter-name prefixes that learn; the paper trains only the context module.
     trainable: list[str] = field(default_factory=lambda: ["context."])
     loss: MaskLossWeights = field(default_factory=MaskLossWeights)
+    min_eval_giou: float = 0.0  # fail (after exporting) when the final validation gIoU is below this (0: no check)
 
 
 def align_step(model, encoder: BatchEncoder, samples, weights: MaskLossWeights):
@@ -41,16 +42,20 @@ def align_step(model, encoder: BatchEncoder, samples, weights: MaskLossWeights):
     return loss, metrics
 
 
-def train(cfg: AlignConfig) -> None:
+def train(cfg: AlignConfig) -> dict[str, float]:
+    """Train and export; returns the final evaluation's metrics (empty without evaluation)."""
     model = build_seeded_model(cfg)
     params = trainable_parameters(model, list(cfg.trainable))
-    run_supervised(cfg, "align", model, params, partial(align_step, weights=cfg.loss))
+    return run_supervised(cfg, "align", model, params, partial(align_step, weights=cfg.loss))
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, AlignConfig, description="LENS stage 1: alignment of the context module")
-    train(cfg)
-    return 0
+    advice = (f"the context module stayed on its plateau (SAM 2 segments every object), so GRPO would start from "
+              f"unusable masks. The model is exported to {cfg.output_dir} all the same. Whether alignment leaves "
+              f"the plateau depends on its random stream and on how well SAM 2 follows box prompts: train again "
+              f"with another `seed=` (docs/demo_model.md, tenth round).")
+    return 0 if meets_minimum("align", train(cfg), "eval_gIoU", cfg.min_eval_giou, advice) else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ and final evaluation with the evaluator, and the export of a directly loadable m
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,11 +102,15 @@ class Run:
     logger: RunLogger
     stream: Iterator[list]
 
-    def finish(self, cfg: StageConfig, model: LensModel, engine, evaluate: EvalFn) -> None:
-        """Final checkpoint and final evaluation (call inside ``with run.logger``)."""
+    def finish(self, cfg: StageConfig, model: LensModel, engine, evaluate: EvalFn) -> dict[str, float]:
+        """Final checkpoint and final evaluation (call inside ``with run.logger``); returns the
+        evaluation's metrics (empty when ``data.eval_limit`` is 0)."""
         self.checkpoints.save(engine, self.state, cfg)
-        if cfg.data.eval_limit:
-            self.logger.write(self.state.global_step, evaluate(model, cfg))
+        if not cfg.data.eval_limit:
+            return {}
+        metrics = evaluate(model, cfg)
+        self.logger.write(self.state.global_step, metrics)
+        return metrics
 
 
 def start_run(cfg: StageConfig, stage: str, engine, dataset: Dataset) -> Run:
@@ -137,9 +142,10 @@ def run_supervised(
     evaluate: EvalFn = periodic_eval,
     before_export: Callable[[LensModel], None] | None = None,
     dataset: Dataset | None = None,
-) -> TrainerState:
+) -> dict[str, float]:
     """Train ``params`` of ``model`` for ``cfg.max_steps`` optimizer steps, resuming from the latest
     checkpoint under ``cfg.output_dir`` if there is one, then evaluate and export the model there.
+    Returns the final evaluation's metrics (empty without one).
 
     Build the model with ``build_seeded_model(cfg)``. ``evaluate`` runs every
     ``cfg.eval_every_steps`` and at the end (unless ``data.eval_limit`` is 0). ``before_export`` runs
@@ -173,8 +179,19 @@ def run_supervised(
                 set_train_modes(model)
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
                 run.checkpoints.save(engine, state, cfg)
-        run.finish(cfg, model, engine, evaluate)
+        final = run.finish(cfg, model, engine, evaluate)
     if before_export is not None:
         before_export(model)
     export(cfg, stage, model, state)
-    return state
+    return final
+
+
+def meets_minimum(stage: str, metrics: dict[str, float], key: str, minimum: float, advice: str) -> bool:
+    """False, with an error on stderr, when the final ``metrics[key]`` is below ``minimum``: a stage
+    whose result would make the next stages pointless stops a pipeline (after exporting, so nothing
+    is lost). True without that metric (no final evaluation) or with ``minimum`` 0."""
+    value = metrics.get(key)
+    if value is None or value >= minimum:
+        return True
+    print(f"{stage}: error: {key} {value:.3f} is below the configured minimum {minimum}: {advice}", file=sys.stderr)
+    return False

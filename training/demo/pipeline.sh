@@ -4,7 +4,7 @@
 #   bash training/demo/pipeline.sh                 # from the repository root; data/demo, outputs/demo
 #   DATA=/tmp/d OUT=/tmp/o bash training/demo/pipeline.sh
 #   INSTALL=1 bash training/demo/pipeline.sh       # also copy the final model to lens_model/assets/
-#   EXTRA="max_steps=2 data.eval_limit=2" SAM_EXTRA=min_eval_giou=0 EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
+#   EXTRA="max_steps=2 data.eval_limit=2" SAM_EXTRA=min_eval_giou=0 ALIGN_EXTRA=min_eval_giou=0 EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
 #
 # Synthetic data -> untrained model -> [vision tower pretraining | SAM 2 box pretraining] -> SFT
 # (data-parallel on both cores) -> graft -> [alignment | evaluation of SFT] -> [GRPO without | with
@@ -20,6 +20,7 @@ OUT=${OUT:-outputs/demo}
 DOC=${DOC-docs/demo_model.md}      # receives the ablation table; empty: print it only
 EXTRA=${EXTRA:-}                   # key=value overrides appended to every training stage
 SAM_EXTRA=${SAM_EXTRA:-}           # and to SAM 2 pretraining only (it fails below min_eval_giou: 0.5)
+ALIGN_EXTRA=${ALIGN_EXTRA:-}       # and to alignment only (it fails below min_eval_giou: 0.3)
 NPROC=${NPROC:-2}                  # SFT processes (data parallel)
 # The test split has 5703 expressions (about 3.5 evaluated per second): the table uses its first 819; EVAL_LIMIT= for all.
 EVAL_LIMIT=${EVAL_LIMIT-819}
@@ -60,7 +61,7 @@ $PY -m training.demo.graft_sam --model "$OUT/sft_reasoner" --sam "$OUT/sam" --ou
 
 stamp "5/8 alignment | evaluation of SFT"
 side_by_side \
-    "$PY -m training.align --config training/configs/demo_align.yaml model.init=$OUT/sft output_dir=$OUT/align $COMMON" \
+    "$PY -m training.align --config training/configs/demo_align.yaml model.init=$OUT/sft output_dir=$OUT/align $COMMON $ALIGN_EXTRA" \
     "$(evaluate "$OUT/sft")"
 
 stamp "6/8 GRPO without | with the mask reward"

@@ -32,7 +32,7 @@ from training.common.config import parse_cli
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
-from training.loop import run_supervised, trainable_parameters
+from training.loop import meets_minimum, run_supervised, trainable_parameters
 from training.losses import MaskLossWeights
 from training.metrics import SegmentationMeter
 from training.stage import BatchEncoder, StageConfig, build_seeded_model, segmentation_loss
@@ -106,28 +106,17 @@ def train(cfg: SamPretrainConfig) -> dict[str, float]:
     """Train and export; returns the last evaluation's metrics (empty without evaluation)."""
     model = build_seeded_model(cfg)
     params = trainable_parameters(model, list(cfg.trainable))
-    last: dict[str, float] = {}
-
-    def evaluate(model: LensModel, cfg: StageConfig) -> dict[str, float]:
-        last.update(box_prompt_eval(model, cfg))
-        return dict(last)
-
-    run_supervised(cfg, "sam_pretrain", model, params, partial(sam_step, cfg=cfg), evaluate=evaluate,
-                   dataset=ImageTargets(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, per="ref")))
-    return last
+    return run_supervised(cfg, "sam_pretrain", model, params, partial(sam_step, cfg=cfg), evaluate=box_prompt_eval,
+                          dataset=ImageTargets(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, per="ref")))
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, SamPretrainConfig, description="Pretrain SAM 2 with box prompts (demo stand-in for SAM 2 weights)")
-    giou = train(cfg).get("eval_box_prompt_gIoU")
-    if giou is not None and giou < cfg.min_eval_giou:
-        print(f"sam_pretrain: error: box-prompted gIoU {giou:.3f} is below min_eval_giou {cfg.min_eval_giou}: SAM 2's "
-              f"mask decoder stayed on its 'every object' plateau, and alignment cannot work on top of it. The model "
-              f"is exported to {cfg.output_dir} all the same. Whether the decoder leaves the plateau depends on SAM "
-              f"2's initial weights: build the untrained model with another `python -m training.demo.init_model "
-              f"--sam-seed` and train again (docs/demo_model.md, eighth round).", file=sys.stderr)
-        return 1
-    return 0
+    advice = (f"SAM 2's mask decoder stayed on its 'every object' plateau, and alignment cannot work on top of it. "
+              f"The model is exported to {cfg.output_dir} all the same. Whether the decoder leaves the plateau "
+              f"depends on SAM 2's initial weights: build the untrained model with another `python -m "
+              f"training.demo.init_model --sam-seed` and train again (docs/demo_model.md, eighth round).")
+    return 0 if meets_minimum("sam_pretrain", train(cfg), "eval_box_prompt_gIoU", cfg.min_eval_giou, advice) else 1
 
 
 if __name__ == "__main__":
