@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "lens-synth-demo"
+from lens_model.builtin import DEMO_MODEL, TINY_RANDOM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--image", required=True, help="input image (PNG, JPEG, ...)")
     parser.add_argument("--query", required=True, help='referring expression, e.g. "the mug nearest the sink"')
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"built-in name (tiny-random, {DEFAULT_MODEL}), checkpoint folder or hub id "
-                             f"such as OuyBin/LENS (default: {DEFAULT_MODEL}, the small synthetic-scene model "
+    parser.add_argument("--model", default=DEMO_MODEL,
+                        help=f"built-in name ({TINY_RANDOM}, {DEMO_MODEL}), checkpoint folder or hub id "
+                             f"such as OuyBin/LENS (default: {DEMO_MODEL}, the small synthetic-scene model "
                              "that ships with the package)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")

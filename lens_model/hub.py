@@ -10,14 +10,13 @@ import torch
 from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from lens_model import sam_head, tiny
+from lens_model.builtin import BUILTIN_DIR, BUILTIN_NAMES, TINY_RANDOM
 from lens_model.config import LensConfig
 from lens_model.errors import CheckpointFormatError, LensError, ModelNotFoundError
 from lens_model.modeling import LensModel
 from lens_model.processor import ReasonerProcessor
 from lens_model.weights import load_into, save_state_dict
 
-BUILTIN_DIR = Path(__file__).parent / "assets"
-BUILTIN_NAMES = ("tiny-random", "lens-synth-demo")
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 REASONER_CLASSES = {
     "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
@@ -54,7 +53,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | torch.dtype 
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if name_or_path == "tiny-random":
+    if name_or_path == TINY_RANDOM:
         model = build_tiny_random(**overrides)
     else:
         directory = locate(name_or_path)

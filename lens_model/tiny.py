@@ -12,6 +12,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLConfig, Qwen2TokenizerFast, Qwen2VLImageProcessorPil
 
+from lens_model.builtin import TINY_RANDOM
 from lens_model.config import ConnectorConfig, GenerationConfig, LensConfig
 from lens_model.processor import ReasonerProcessor
 
@@ -117,7 +118,7 @@ def reasoner_config(tokenizer: Qwen2TokenizerFast, hidden_size: int = 64, layers
 def tiny_lens_config(**overrides) -> LensConfig:
     """LensConfig of the ``tiny-random`` model (released layout unless overridden)."""
     values = dict(
-        reasoner="tiny-random",
+        reasoner=TINY_RANDOM,
         num_queries=64,
         connector=ConnectorConfig(depth=2, num_heads=4),
         sam2_config="configs/sam2/sam2_hiera_t.yaml",
@@ -131,7 +132,7 @@ def tiny_lens_config(**overrides) -> LensConfig:
         max_pixels=224 * 224,
         generation=GenerationConfig(max_new_tokens=64),
         random_weights=True,
-        name="tiny-random",
+        name=TINY_RANDOM,
     )
     values.update(overrides)
     return LensConfig(**values)

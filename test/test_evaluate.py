@@ -1,5 +1,6 @@
 """training.evaluate: end to end on synthetic data, resumable partial results, batching by image."""
 import json
+from functools import partial
 
 import pytest
 
@@ -54,6 +55,16 @@ def test_a_sample_without_the_field_is_grouped_as_missing(data_root):
     sample = load_dataset("synthetic", data_root, "val", per="sentence")[0]
     assert evaluate.group_label(sample, "is_sentence") == "missing"
     assert evaluate.group_label(sample, "expression_type") == sample.meta["expression_type"]
+
+
+def test_progress_redraws_at_most_once_per_mininterval(data_root, model, monkeypatch, capsys):
+    """Logs stay readable: the running gIoU/cIoU do not force a redraw per batch (TQDM_MININTERVAL)."""
+    # tqdm reads TQDM_MININTERVAL when it is imported, so the test passes the interval itself.
+    monkeypatch.setattr(evaluate, "tqdm", partial(evaluate.tqdm, mininterval=60))
+    dataset = load_dataset("synthetic", data_root, "train", per="sentence")
+    evaluate.run_evaluation(model, dataset, SegmentationMeter(), limit=12, batch_size=3, max_new_tokens=4)
+    redraws = capsys.readouterr().err.count("evaluate:")
+    assert redraws <= 2  # the first draw and close(); not one per batch
 
 
 def test_resume_after_a_crash_gives_the_same_metrics(data_root, model, tmp_path):

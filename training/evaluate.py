@@ -94,9 +94,11 @@ def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | Non
         results = model.predict_many(batch[0].image, [s.text for s in batch], template=template, max_new_tokens=max_new_tokens)
         for sample, result in zip(batch, results):
             score(meter, sample, result, group_by)
-        bar.update(len(batch))
         summary = meter.summary()
-        bar.set_postfix(gIoU=f"{100 * (summary['gIoU'] or 0):.1f}", cIoU=f"{100 * (summary['cIoU'] or 0):.1f}")
+        # refresh=False: the update below redraws, at most once per mininterval (TQDM_MININTERVAL in logs)
+        bar.set_postfix(gIoU=f"{100 * (summary['gIoU'] or 0):.1f}", cIoU=f"{100 * (summary['cIoU'] or 0):.1f}",
+                        refresh=False)
+        bar.update(len(batch))
         if on_batch is not None:
             on_batch(meter)
     bar.close()

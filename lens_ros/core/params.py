@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from lens_model.builtin import DEMO_MODEL
+
 RELIABILITIES = ("reliable", "best_effort")
 QUEUE_POLICIES = ("drop_oldest", "reject_new")
 TEMPLATES = ("auto", "reasoning", "direct")
@@ -30,7 +32,7 @@ def _param(default: Any, ros_name: str, doc: str, **checks: Any) -> Any:
 class LensParams:
     autostart: bool = _param(True, "autostart", "Configure and activate the lifecycle node at start (rclpy transport).")
     model_name: str = _param(
-        "lens-synth-demo", "model.name",
+        DEMO_MODEL, "model.name",
         "Model id or local path for lens_model.hub.load_model (GPU robots: OuyBin/LENS).", nonempty=True)
     device: str = _param("cpu", "model.device", "Torch device, e.g. cpu, cuda, cuda:1.", nonempty=True)
     dtype: str = _param("auto", "model.dtype", "auto, float32, bfloat16 or float16.", nonempty=True)

@@ -33,6 +33,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcess
 
 from lens_model import sam_head, tiny
 from lens_model.answer_format import format_answer
+from lens_model.builtin import DEMO_MODEL
 from lens_model.config import ConnectorConfig, GenerationConfig, LensConfig
 from lens_model.hub import save_model
 from lens_model.modeling import LensModel
@@ -40,9 +41,6 @@ from lens_model.processor import ReasonerProcessor
 from lens_model.prompts import TEMPLATES
 from training.data.dataset import TargetDataset
 from training.data.registry import load_dataset
-
-DEMO_NAME = "lens-synth-demo"
-
 
 @dataclass(frozen=True)
 class DemoArchitecture:
@@ -122,7 +120,7 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
     tokenizer = tiny.build_tokenizer(list(tokenizer_corpus(dataset, instruction)), arch.vocab_size)
     pixels = arch.image_size**2
     config = LensConfig(
-        reasoner=DEMO_NAME,
+        reasoner=DEMO_MODEL,
         num_queries=arch.num_queries,
         connector=ConnectorConfig(depth=arch.connector_depth, num_heads=arch.heads),
         prompt_collapse="none",
@@ -136,7 +134,7 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
         instruction=instruction,
         generation=GenerationConfig(max_new_tokens=arch.max_new_tokens),
         random_weights=True,
-        name=DEMO_NAME,
+        name=DEMO_MODEL,
     )
     reasoner_config = tiny.reasoner_config(tokenizer, arch.hidden, arch.layers, arch.heads)
     reasoner_config.text_config.rope_parameters["rope_theta"] = arch.rope_theta
