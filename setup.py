@@ -32,7 +32,7 @@ setup(
         "pillow>=10",
         "opencv-python-headless>=4.8",
         "omegaconf>=2.3",
-        "hydra-core>=1.3",
+        "hydra-core>=1.3.8",  # imported by sam2 itself; LENS never instantiates through Hydra
         "iopath>=0.1.10",
         "tqdm>=4.60",
         "PyYAML>=6",

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lens_model.errors import CheckpointFormatError
+from lens_model.errors import CheckpointFormatError, one_line
 from lens_model.prompts import check_instruction
+from lens_model.typed_json import CheckedFields, bounded, from_json
 
 PromptCollapse = Literal["conv1d", "none"]
 QueryPositions = Literal["sequential", "mrope"]
 Template = Literal["direct", "reasoning"]
+
+MAX_REASONER_PIXELS = 16_777_216  # 4096 x 4096; Qwen2.5-VL's own default maximum is 12,845,056
 
 # The SAM 2 overrides the authors' build adds (dynamic multimask fallback in eval mode).
 RELEASED_SAM2_OVERRIDES = (
@@ -23,27 +26,27 @@ RELEASED_SAM2_OVERRIDES = (
 
 
 @dataclass
-class ConnectorConfig:
+class ConnectorConfig(CheckedFields):
     """The shallow transformer between the reasoner's query states and SAM 2's prompt space."""
 
-    depth: int = 4
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
+    depth: int = bounded(4, 1, 64)
+    num_heads: int = bounded(16, 1, 256)
+    mlp_ratio: float = bounded(4.0, 0.01, 64.0)
+    norm_eps: float = bounded(1e-6, 0.0, 1.0)
 
 
 @dataclass
-class GenerationConfig:
-    max_new_tokens: int = 256
+class GenerationConfig(CheckedFields):
+    max_new_tokens: int = bounded(256, 1, 32768)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
+    temperature: float = bounded(1.0, 1e-6, 100.0)
+    top_p: float = bounded(1.0, 0.0, 1.0)
+    top_k: int = bounded(0, 0, 1_000_000)
+    repetition_penalty: float = bounded(1.0, 1e-6, 100.0)
 
 
 @dataclass
-class LensConfig:
+class LensConfig(CheckedFields):
     """Configuration of a LENS model.
 
     ``prompt_collapse`` and ``query_positions`` select between the authors' released conventions
@@ -55,7 +58,7 @@ class LensConfig:
 
     reasoner: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     reasoner_config: dict[str, Any] | None = None  # embedded Qwen2.5-VL config once saved
-    num_queries: int = 64
+    num_queries: int = bounded(64, 1, 4096)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     prompt_collapse: PromptCollapse = "conv1d"
     query_positions: QueryPositions = "sequential"
@@ -63,9 +66,10 @@ class LensConfig:
     sam2_overrides: list[str] = field(default_factory=lambda: list(RELEASED_SAM2_OVERRIDES))
     sam2_checkpoint: str | None = None  # a foreign SAM 2 .pt, read with weights_only=True
     sam2_model_config: dict[str, Any] | None = None  # embedded resolved SAM 2 model config once saved
-    sam_image_size: int = 1024
-    min_pixels: int = 3136
-    max_pixels: int = 1_000_000
+    sam_image_size: int = bounded(1024, 32, 4096)
+    # The reasoner's resolution bounds; the upper bound keeps a config from blowing up every image.
+    min_pixels: int = bounded(3136, 1, MAX_REASONER_PIXELS)
+    max_pixels: int = bounded(1_000_000, 1, MAX_REASONER_PIXELS)
     template: Template = "direct"
     system_prompt: str = "You are a helpful assistant. "
     # The user turn for ``template``, a format pattern with {query}; empty: the template's built-in
@@ -73,24 +77,15 @@ class LensConfig:
     # ``training.demo.init_model --instruction``) carry it here.
     instruction: str = ""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    mask_threshold: float = 0.0
-    max_query_chars: int = 2000
+    mask_threshold: float = bounded(0.0, -1e4, 1e4)
+    max_query_chars: int = bounded(2000, 1, 100_000)
     random_weights: bool = False
     name: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.connector, dict):
-            self.connector = ConnectorConfig(**self.connector)
-        if isinstance(self.generation, dict):
-            self.generation = GenerationConfig(**self.generation)
-        if self.prompt_collapse not in ("conv1d", "none"):
-            raise CheckpointFormatError(f"prompt_collapse must be 'conv1d' or 'none', got {self.prompt_collapse!r}")
-        if self.query_positions not in ("sequential", "mrope"):
-            raise CheckpointFormatError(f"query_positions must be 'sequential' or 'mrope', got {self.query_positions!r}")
-        if self.template not in ("direct", "reasoning"):
-            raise CheckpointFormatError(f"template must be 'direct' or 'reasoning', got {self.template!r}")
-        if self.num_queries < 1:
-            raise CheckpointFormatError("num_queries must be at least 1")
+        super().__post_init__()  # types and ranges of every field; dicts become ConnectorConfig etc.
+        if self.min_pixels > self.max_pixels:
+            raise CheckpointFormatError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
         if self.instruction:
             check_instruction(self.instruction)
 
@@ -103,14 +98,13 @@ class LensConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LensConfig":
+        """A config from untrusted JSON: unknown fields, wrong types and out-of-range values are refused."""
+        if not isinstance(data, dict):
+            raise CheckpointFormatError(f"config.json must hold a JSON object, got {type(data).__name__}")
         data = dict(data)
         if data.pop("model_type", "lens") != "lens":
             raise CheckpointFormatError("config.json is not a LENS config (model_type != 'lens')")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointFormatError(f"unknown LensConfig fields in config.json: {unknown}")
-        return cls(**data)
+        return from_json(cls, data, "config.json")
 
     def save(self, directory: str | Path) -> None:
         path = Path(directory) / "config.json"
@@ -121,6 +115,6 @@ class LensConfig:
         path = Path(directory) / "config.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointFormatError(f"cannot read {path}: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CheckpointFormatError(f"cannot read {path}: {one_line(exc)}") from None
         return cls.from_dict(data)

@@ -15,3 +15,10 @@ class ModelNotFoundError(LensError, FileNotFoundError):
 
 class CheckpointFormatError(LensError, ValueError):
     """A checkpoint whose files or keys do not match any layout this project can load."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, for errors that must stay on one line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

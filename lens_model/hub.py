@@ -4,20 +4,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from huggingface_hub.errors import StrictDataclassError
+from torch.overrides import TorchFunctionMode
+from transformers import (AutoConfig, PretrainedConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen2VLConfig, Qwen2VLForConditionalGeneration)
 
 from lens_model import sam_head, tiny
 from lens_model.builtin import BUILTIN_DIR, BUILTIN_NAMES, TINY_RANDOM
 from lens_model.config import LensConfig
-from lens_model.errors import CheckpointFormatError, LensError, ModelNotFoundError
+from lens_model.errors import CheckpointFormatError, LensError, ModelNotFoundError, one_line
 from lens_model.modeling import LensModel
 from lens_model.processor import ReasonerProcessor
-from lens_model.weights import load_into, save_state_dict
+from lens_model.weights import KeyRename, load_into, match_checkpoint, save_state_dict
 
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+UNSAFE_CONFIG_KEYS = frozenset({"attn_implementation", "experts_implementation", "auto_map"})
 REASONER_CLASSES = {
     "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
     "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
@@ -37,12 +44,20 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 def resolve_device(device: str) -> torch.device:
-    dev = torch.device(device)
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked against this machine; anything else is a LensError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise LensError(f"device {device!r} is not one of {', '.join(DEVICE_TYPES)} or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise LensError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise LensError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LensError(f"device {device!r} requested but MPS is not available on this machine; use --device cpu")
     return dev
 
 
@@ -88,9 +103,11 @@ def locate(name_or_path: str) -> Path:
 
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
+        validate_repo_id(repo_id)
         print(f"Fetching {repo_id} (weights are cached after the first download)...", file=sys.stderr)
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS))
     except LocalEntryNotFoundError as exc:
@@ -100,6 +117,8 @@ def _download(repo_id: str) -> Path:
             f"model {repo_id!r} is not in the local cache and {why}. On a machine with network run "
             f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass it as the model path"
         ) from exc
+    except HFValidationError as exc:
+        raise ModelNotFoundError(f"model {repo_id!r} is not a valid hub id: {str(exc).splitlines()[0]}") from None
     except (RepositoryNotFoundError, HfHubHTTPError) as exc:
         raise ModelNotFoundError(f"model {repo_id!r} could not be downloaded from the hub: {exc}") from exc
 
@@ -125,7 +144,9 @@ def build_model(config: LensConfig, **overrides) -> LensModel:
     directory = locate(config.reasoner)
     reasoner_cfg = AutoConfig.from_pretrained(directory, local_files_only=True)
     _, model_cls = _reasoner_classes(reasoner_cfg.model_type)
-    reasoner = model_cls.from_pretrained(directory, local_files_only=True, torch_dtype=torch.float32)
+    # The attention implementation is ours to choose, not the downloaded folder's (see _refuse_unsafe_keys).
+    reasoner = model_cls.from_pretrained(directory, local_files_only=True, torch_dtype=torch.float32,
+                                         attn_implementation="sdpa")
     processor = ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels)
     config.reasoner_config = reasoner.config.to_dict()
     config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
@@ -141,16 +162,80 @@ def load_native(directory: Path, **overrides) -> LensModel:
     config = dataclasses.replace(config, **overrides) if overrides else config
     if config.reasoner_config is None or config.sam2_model_config is None:
         raise CheckpointFormatError(f"{directory}/config.json lacks the embedded reasoner or SAM 2 config")
-    model = assemble(config, ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels))
-    load_into(model, directory, optional=lambda key: _is_tied_head(model, key))
+    processor = ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels)
+    return assemble_from(config, processor, directory, optional=_is_tied_head)
+
+
+def assemble_from(config: LensConfig, processor: ReasonerProcessor, directory: Path,
+                  rename: KeyRename = lambda key: key, optional: Callable[[LensModel, str], bool] = lambda m, k: False,
+                  ) -> LensModel:
+    """The LensModel ``config`` describes, with the weights in ``directory``.
+
+    The model is first built on the meta device (no memory) and checked against the weight files'
+    headers, so a config that describes a bigger or different model than its files hold is refused
+    before anything is allocated: loading never takes more memory than the weights themselves.
+    """
+    with meta_device():
+        skeleton = assemble(config, processor)
+    shapes = {name: tensor.shape for name, tensor in skeleton.state_dict().items()}
+    match_checkpoint(shapes, directory, rename, lambda key: optional(skeleton, key))
+    model = assemble(config, processor)
+    load_into(model, directory, rename, lambda key: optional(model, key))
     return model
 
 
 def assemble(config: LensConfig, processor: ReasonerProcessor) -> LensModel:
     """An (untrained) LensModel with the architecture described by ``config``'s embedded configs."""
-    cfg_cls, model_cls = _reasoner_classes(config.reasoner_config.get("model_type", "qwen2_5_vl"))
-    reasoner_cfg = cfg_cls(**{k: v for k, v in config.reasoner_config.items() if k != "model_type"})
-    return LensModel(config, model_cls(reasoner_cfg), processor, sam_head.build_sam2(config.sam2_model_config))
+    reasoner_cfg = reasoner_config_from_dict(config.reasoner_config)
+    _, model_cls = _reasoner_classes(reasoner_cfg.model_type)
+    sam = sam_head.build_sam2(config.sam2_model_config)
+    try:
+        return LensModel(config, model_cls(reasoner_cfg), processor, sam)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, AssertionError, ZeroDivisionError) as exc:
+        raise CheckpointFormatError(f"config.json describes no buildable LENS model: {one_line(exc)}") from None
+
+
+def reasoner_config_from_dict(raw: dict) -> PretrainedConfig:
+    """The reasoner's transformers config from the (untrusted) dict embedded in ``config.json``."""
+    model_type = raw.get("model_type", "qwen2_5_vl")
+    cfg_cls, _ = _reasoner_classes(model_type)
+    _refuse_unsafe_keys(raw, "reasoner_config")
+    try:
+        return cfg_cls(**{k: v for k, v in raw.items() if k != "model_type"})
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, StrictDataclassError) as exc:
+        raise CheckpointFormatError(f"config.json reasoner_config is not a valid {model_type} config: "
+                                    f"{one_line(exc)}") from None
+
+
+def _refuse_unsafe_keys(node: object, where: str) -> None:
+    """Refuse config keys with which a file would choose code: transformers fetches and runs a hub
+    kernel named as the attention or experts implementation, and ``auto_map`` names remote code."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in UNSAFE_CONFIG_KEYS:
+                raise CheckpointFormatError(f"config.json {where}.{key} is not allowed: a model folder may not choose code")
+            _refuse_unsafe_keys(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_unsafe_keys(value, f"{where}[{i}]")
+
+
+@contextmanager
+def meta_device() -> Iterator[None]:
+    """Build modules on the meta device: shapes without memory."""
+    with torch.device("meta"), _LinspaceOnCpu():
+        yield
+
+
+class _LinspaceOnCpu(TorchFunctionMode):
+    """SAM 2's Hiera reads its drop-path schedule with ``.item()``, which a meta tensor cannot give:
+    build that small tensor on the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.linspace:
+            kwargs.setdefault("device", "cpu")
+        return func(*args, **kwargs)
 
 
 def save_model(model: LensModel, directory: str | Path, max_shard_size: str = "5GB") -> None:
@@ -165,11 +250,12 @@ def save_model(model: LensModel, directory: str | Path, max_shard_size: str = "5
 
 
 def _is_tied_head(model: LensModel, key: str) -> bool:
+    """Whether ``key`` is the LM head that shares the embedding's weights (saved once, as the embedding)."""
     return key == "reasoner.lm_head.weight" and bool(getattr(model.reasoner.config, "tie_word_embeddings", False) or
                                                     getattr(model.reasoner.config.get_text_config(), "tie_word_embeddings", False))
 
 
-def _reasoner_classes(model_type: str):
-    if model_type not in REASONER_CLASSES:
+def _reasoner_classes(model_type: object):
+    if not isinstance(model_type, str) or model_type not in REASONER_CLASSES:
         raise CheckpointFormatError(f"unsupported reasoner type {model_type!r}; LENS supports {sorted(REASONER_CLASSES)}")
     return REASONER_CLASSES[model_type]

@@ -7,6 +7,7 @@ the ``<|image_pad|>`` placeholder itself, so one image is processed once for any
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,13 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase, Qwen2TokenizerFast, Qwen2VLImageProcessorPil
 
+from lens_model.errors import CheckpointFormatError, one_line
 from lens_model.prompts import build_messages
+from lens_model.typed_json import CheckedFields, bounded, from_json
 
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 IMAGE_PAD = "<|image_pad|>"
+PATCHING_KEYS = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
 PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
@@ -103,36 +107,71 @@ class ReasonerProcessor:
 
     @classmethod
     def load(cls, directory: str | Path, min_pixels: int, max_pixels: int) -> "ReasonerProcessor":
+        """The processor files of a model folder (untrusted: any defect is a CheckpointFormatError)."""
         directory = Path(directory)
-        # Qwen2-VL and Qwen2.5-VL share the Qwen2 tokenizer; naming it avoids AutoTokenizer reading LENS's config.json.
-        tokenizer = Qwen2TokenizerFast.from_pretrained(directory, local_files_only=True)
-        image_processor = Qwen2VLImageProcessorPil(**_image_processor_kwargs(directory, min_pixels, max_pixels))
+        try:
+            # Qwen2-VL and Qwen2.5-VL share the Qwen2 tokenizer; naming it avoids AutoTokenizer reading
+            # LENS's config.json. The tokenizers library raises plain Exceptions for malformed files.
+            tokenizer = Qwen2TokenizerFast.from_pretrained(directory, local_files_only=True)
+        except Exception as exc:
+            raise CheckpointFormatError(f"cannot load the tokenizer in {directory}: {one_line(exc)}") from None
+        patching = _vision_patching(directory)
+        image_processor = Qwen2VLImageProcessorPil(
+            **{k: v for k, v in dataclasses.asdict(patching).items() if v is not None},
+            # The LENS config decides the resolution the reasoner sees, whatever the checkpoint shipped with.
+            size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
         template = _chat_template(directory, tokenizer)
         if not template:
-            raise FileNotFoundError(f"no chat template in {directory} (chat_template.jinja/.json or tokenizer config)")
+            raise CheckpointFormatError(f"no chat template in {directory} (chat_template.jinja/.json or tokenizer config)")
         return cls(tokenizer, image_processor, template)
 
 
-def _image_processor_kwargs(directory: Path, min_pixels: int, max_pixels: int) -> dict:
-    kwargs: dict = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
+@dataclass
+class VisionPatching(CheckedFields):
+    """What a checkpoint's preprocessor config may set: patch geometry and pixel normalisation."""
+
+    patch_size: int = bounded(14, 1, 64)
+    temporal_patch_size: int = bounded(2, 1, 8)
+    merge_size: int = bounded(2, 1, 8)
+    image_mean: list[float] | None = None  # None: the image processor's default
+    image_std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, low in (("image_mean", float("-inf")), ("image_std", 0.0)):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or not all(low < v < 1e6 for v in value)):
+                raise CheckpointFormatError(f"preprocessor config {name} must be 3 numbers above {low}, got {value}")
+
+
+def _vision_patching(directory: Path) -> VisionPatching:
     for name in ("preprocessor_config.json", "processor_config.json"):
         path = directory / name
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            data = data.get("image_processor", data)
-            for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
-                if key in data:
-                    kwargs[key] = data[key]
-            break
-    # The LENS config decides the resolution the reasoner sees, whatever the checkpoint shipped with.
-    kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    return kwargs
+            data = _read_json(path)
+            data = data.get("image_processor", data) if isinstance(data, dict) else data
+            if not isinstance(data, dict):
+                raise CheckpointFormatError(f"{path} does not hold a JSON object")
+            return from_json(VisionPatching, {k: data[k] for k in PATCHING_KEYS if k in data}, str(path))
+    return VisionPatching()
 
 
 def _chat_template(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str | None:
     for name in CHAT_TEMPLATE_FILES:
         path = directory / name
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+            if not name.endswith(".json"):
+                return path.read_text(encoding="utf-8")
+            data = _read_json(path)
+            template = data.get("chat_template") if isinstance(data, dict) else None
+            if not isinstance(template, str):
+                raise CheckpointFormatError(f"{path} has no chat_template string")
+            return template
     return getattr(tokenizer, "chat_template", None)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointFormatError(f"cannot read {path}: {one_line(exc)}") from None

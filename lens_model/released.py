@@ -19,15 +19,16 @@ import json
 import re
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import Qwen2_5_VLConfig
 
 from lens_model import sam_head
 from lens_model.config import RELEASED_SAM2_OVERRIDES, ConnectorConfig, LensConfig
-from lens_model.errors import CheckpointFormatError
-from lens_model.hub import assemble
+from lens_model.errors import CheckpointFormatError, one_line
+from lens_model.hub import assemble_from
 from lens_model.modeling import LensModel
 from lens_model.processor import ReasonerProcessor
-from lens_model.weights import checkpoint_keys, load_into
+from lens_model.weights import checkpoint_shapes
 
 RELEASED_ARCHITECTURE = "SAMR1ForConditionalGeneration_qwen2p5"
 CONNECTOR_HEADS = 16  # hard-coded in the authors' connector
@@ -62,9 +63,12 @@ MEMORY_PREFIXES = tuple(f"sam.{name}" for name in sam_head.MEMORY_MODULES)
 def is_released_checkpoint(directory: Path) -> bool:
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
-    return "num_of_query" in config or RELEASED_ARCHITECTURE in config.get("architectures", [])
+    if not isinstance(config, dict):
+        return False
+    architectures = config.get("architectures")
+    return "num_of_query" in config or (isinstance(architectures, list) and RELEASED_ARCHITECTURE in architectures)
 
 
 def rename_key(key: str) -> str | None:
@@ -98,15 +102,20 @@ def reasoner_config(raw: dict) -> Qwen2_5_VLConfig:
 
 def load_released(directory: Path, **overrides) -> LensModel:
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    keys = checkpoint_keys(directory)
+    keys = checkpoint_shapes(directory)
     depth = len({m.group(1) for k in keys if (m := re.match(r"connector\.blocks\.(\d+)\.", k))})
     if depth == 0 or "learnable_query" not in keys:
         raise CheckpointFormatError(f"{directory} has a LENS config but no learnable_query/connector weights")
-    qwen = reasoner_config(raw)
+    try:
+        qwen = reasoner_config(raw)
+        num_queries = raw["num_of_query"]
+    except (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError) as exc:
+        raise CheckpointFormatError(
+            f"{directory}/config.json is not a usable released LENS config: {one_line(exc)}") from None
     config = LensConfig(
         reasoner=str(directory),
         reasoner_config=qwen.to_dict(),
-        num_queries=int(raw["num_of_query"]),
+        num_queries=num_queries,
         connector=ConnectorConfig(depth=depth, num_heads=CONNECTOR_HEADS),
         prompt_collapse="conv1d",
         query_positions="sequential",
@@ -117,6 +126,6 @@ def load_released(directory: Path, **overrides) -> LensModel:
     )
     config = dataclasses.replace(config, **overrides)
     config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
-    model = assemble(config, ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels))
-    load_into(model, directory, rename=rename_key, optional=lambda key: key == "reasoner.lm_head.weight")
-    return model
+    processor = ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels)
+    return assemble_from(config, processor, directory, rename=rename_key,
+                         optional=lambda model, key: key == "reasoner.lm_head.weight")

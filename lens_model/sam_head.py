@@ -3,10 +3,14 @@
 The image path is split so that the frozen part (Hiera trunk + FPN neck) can be computed once per
 image and cached, while the trainable part (``conv_s0``/``conv_s1`` high-res projections, prompt
 encoder, mask decoder) runs per prompt. The memory modules (video tracking) are removed.
+
+SAM 2 is built from a description checked by ``lens_model.sam_arch`` (never by Hydra's
+``instantiate``): a description read from a model folder cannot choose code to run.
 """
 from __future__ import annotations
 
 import importlib.resources
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from lens_model.errors import CheckpointFormatError
+from lens_model.sam_arch import build_sam2_base
 
 MEMORY_MODULES = ("memory_attention", "memory_encoder", "maskmem_tpos_enc")
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+CONFIG_DIR = "configs"
+TARGET_KEY = "_target_"
+# ``[++|+]model.<dotted.key>=<value>``: a plain YAML value, never an interpolation or a class.
+OVERRIDE = re.compile(r"\+{0,2}(model(?:\.[A-Za-z_][A-Za-z0-9_]*)+)=(.*)", re.DOTALL)
 
 
 @dataclass
@@ -39,21 +48,32 @@ class SamImageFeatures:
 
 
 def resolve_sam2_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
-    """Load a SAM 2 YAML shipped with the ``sam2`` package and apply ``++key=value`` overrides."""
-    root = importlib.resources.files("sam2")
-    path = Path(str(root / config_name))
-    if not path.is_file():
-        raise CheckpointFormatError(f"SAM 2 config {config_name!r} is not part of the installed sam2 package")
-    cfg = OmegaConf.load(path)
-    dotlist = [item[2:] if item.startswith("++") else item.lstrip("+") for item in overrides]
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    return OmegaConf.to_container(cfg.model, resolve=True)
+    """Load a SAM 2 YAML shipped with the ``sam2`` package and apply ``++model.key=value`` overrides.
+
+    Only the package's own ``configs/**.yaml`` files can be named, and override values are plain YAML
+    values (``${...}`` interpolations are refused), so the result is data for ``build_sam2`` to check.
+    """
+    root = Path(str(importlib.resources.files("sam2"))).resolve()
+    path = (root / config_name).resolve()
+    if path.suffix != ".yaml" or not path.is_relative_to(root / CONFIG_DIR) or not path.is_file():
+        raise CheckpointFormatError(f"SAM 2 config {config_name!r} is not one of the installed sam2 package's configs")
+    dotlist = []
+    for item in overrides:
+        match = OVERRIDE.fullmatch(item) if isinstance(item, str) else None
+        if match is None or "${" in match.group(2) or TARGET_KEY in match.group(1).split("."):
+            raise CheckpointFormatError(
+                f"SAM 2 override {item!r} is not of the form ++model.key=value with a plain value (no class, no ${{...}})")
+        dotlist.append(f"{match.group(1)}={match.group(2)}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(dotlist))
+        return OmegaConf.to_container(cfg.model, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise CheckpointFormatError(f"SAM 2 config {config_name!r} with overrides {overrides}: {exc}") from None
 
 
 def build_sam2(model_config: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate SAM2Base from a resolved config dict, without its memory modules."""
-    _check_targets(model_config)
-    sam = instantiate(OmegaConf.create(model_config), _recursive_=True)
+    """Build SAM2Base from a description (see ``lens_model.sam_arch``), without its memory modules."""
+    sam = build_sam2_base(model_config)
     for name in MEMORY_MODULES:
         if hasattr(sam, name):
             delattr(sam, name)
@@ -131,16 +151,3 @@ def decode_masks(
 def upsample_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinearly upsample (N, h, w) low-res logits to the original (N, height, width) in fp32."""
     return F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-
-
-def _check_targets(node: Any) -> None:
-    """Only sam2's own classes may be instantiated from a config (a config file is data, not code)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not (isinstance(target, str) and target.startswith("sam2.")):
-            raise CheckpointFormatError(f"refusing to instantiate {target!r}: only sam2.* classes are allowed")
-        for value in node.values():
-            _check_targets(value)
-    elif isinstance(node, list):
-        for value in node:
-            _check_targets(value)

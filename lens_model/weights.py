@@ -39,15 +39,17 @@ def weight_files(directory: str | Path) -> list[Path]:
     return files
 
 
-def checkpoint_keys(directory: str | Path) -> list[str]:
-    keys: list[str] = []
+def checkpoint_shapes(directory: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape, read from the files' headers only (no tensor data is loaded)."""
+    shapes: dict[str, tuple[int, ...]] = {}
     for path in weight_files(directory):
         try:
             with safe_open(str(path), framework="pt") as handle:
-                keys.extend(handle.keys())
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
         except (OSError, SafetensorError) as exc:
             raise CheckpointFormatError(f"cannot read {path}: {exc}") from exc
-    return keys
+    return shapes
 
 
 def iter_tensors(directory: str | Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
@@ -62,32 +64,34 @@ def iter_tensors(directory: str | Path, device: str | torch.device = "cpu") -> I
             raise CheckpointFormatError(f"cannot read {path}: {exc}") from exc
 
 
-def load_into(
-    module: torch.nn.Module,
-    directory: str | Path,
-    rename: Callable[[str], str | None] = lambda key: key,
-    optional: Callable[[str], bool] = lambda key: False,
-) -> None:
-    """Load every shard into ``module`` (one shard in memory at a time), renaming keys on the way.
+KeyRename = Callable[[str], "str | None"]
+KeyTest = Callable[[str], bool]
 
-    ``rename`` may return ``None`` to drop a key. Missing keys for which ``optional`` is true (such
-    as a tied LM head) are allowed; any other missing or unexpected key is an error.
+
+def match_checkpoint(
+    expected: dict[str, torch.Size | tuple[int, ...]],
+    directory: str | Path,
+    rename: KeyRename = lambda key: key,
+    optional: KeyTest = lambda key: False,
+) -> None:
+    """Check from the files' headers alone that they hold exactly the ``expected`` names and shapes.
+
+    Run against a model built on the meta device, this refuses a checkpoint whose config describes
+    a bigger (or any other) architecture than its weight files hold, before anything is allocated.
+    ``rename`` may return ``None`` to drop a key; missing keys for which ``optional`` is true (such as
+    a tied LM head) are allowed.
     """
-    expected = module.state_dict()
     seen: set[str] = set()
     unexpected: list[str] = []
-    for key, tensor in iter_tensors(directory):
+    for key, shape in checkpoint_shapes(directory).items():
         name = rename(key)
         if name is None:
             continue
         if name not in expected:
             unexpected.append(key)
             continue
-        target = expected[name]
-        if target.shape != tensor.shape:
-            raise CheckpointFormatError(f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}")
-        with torch.no_grad():
-            target.copy_(tensor.to(target.dtype))
+        if tuple(expected[name]) != shape:
+            raise CheckpointFormatError(f"{key}: checkpoint shape {shape} != model shape {tuple(expected[name])}")
         seen.add(name)
     missing = [k for k in expected if k not in seen and not optional(k)]
     if missing or unexpected:
@@ -95,3 +99,19 @@ def load_into(
             f"checkpoint {directory} does not match the model: {len(missing)} missing "
             f"(e.g. {missing[:4]}), {len(unexpected)} unexpected (e.g. {unexpected[:4]})"
         )
+
+
+def load_into(module: torch.nn.Module, directory: str | Path, rename: KeyRename = lambda key: key,
+              optional: KeyTest = lambda key: False) -> None:
+    """Load every shard into ``module`` (one shard in memory at a time), renaming keys on the way.
+
+    The names and shapes are checked first (see :func:`match_checkpoint`), so a mismatch leaves
+    ``module`` untouched.
+    """
+    expected = module.state_dict()
+    match_checkpoint({name: tensor.shape for name, tensor in expected.items()}, directory, rename, optional)
+    for key, tensor in iter_tensors(directory):
+        name = rename(key)
+        if name is not None:
+            with torch.no_grad():
+                expected[name].copy_(tensor.to(expected[name].dtype))
