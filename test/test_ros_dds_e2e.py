@@ -203,6 +203,23 @@ def test_dds_client_command_line_prints_the_result_and_saves_the_mask(node, tmp_
     assert saved.shape == (48, 64) and set(np.unique(saved)) <= {0, 255}
 
 
+def test_a_burst_of_200_queries_gets_200_results_and_the_client_sees_each_once(node):
+    """Written back to back, far faster than the node answers: every query must reach the node, get
+    exactly one result (most of them "query queue full"), and reach the client."""
+    process, peer = node
+    before = len(peer.results())
+    sent = [f"burst query {i}" for i in range(200)]
+    for text in sent:
+        peer.query_writer.write(idl.String(data=text))
+    wait_until(lambda: len(peer.results()) - before >= len(sent), RESULT_TIMEOUT_S, 0.1)
+    time.sleep(0.3)  # any duplicate result would arrive by now
+    burst = peer.results()[before:]
+    assert len(burst) == len(sent), f"{len(burst)} of {len(sent)} results\n{node_log(process)}"
+    assert sorted(r["query"] for r in burst) == sorted(sent)
+    assert len({r["query_id"] for r in burst}) == len(sent)
+    assert any("query queue full" in (r["error"] or "") for r in burst)
+
+
 def test_node_stops_cleanly_on_sigint(node):
     process, _ = node
     process.send_signal(signal.SIGINT)

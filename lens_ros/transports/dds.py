@@ -26,7 +26,7 @@ from cyclonedds.util import duration
 
 from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError
-from lens_ros.core.publishing import Output, message_class_name, output_topics
+from lens_ros.core.publishing import Output, history_depth, message_class_name, output_topics
 from lens_ros.core.segmenter import load_segmenter
 from lens_ros.core.service import LensService, Loader
 from lens_ros.msgs import idl
@@ -44,7 +44,6 @@ LOOPBACK_CYCLONEDDS_URI = (
     "<Discovery><ParticipantIndex>auto</ParticipantIndex>"
     "<Peers><Peer address='127.0.0.1'/></Peers></Discovery></Domain></CycloneDDS>"
 )
-MAX_TAKE = 32
 MAX_DOMAIN_ID = 232
 
 
@@ -53,6 +52,15 @@ def ros_qos(reliability: str, depth: int) -> Qos:
     reliable = Policy.Reliability.Reliable(duration(seconds=1)) if reliability == "reliable" \
         else Policy.Reliability.BestEffort
     return Qos(reliable, Policy.History.KeepLast(depth), Policy.Durability.Volatile,
+               Policy.DataRepresentation(use_cdrv0_representation=True))
+
+
+def bounded_reader_qos(depth: int) -> Qos:
+    """A reliable subscription that holds up to ``depth`` samples and overwrites none: when it is full,
+    DDS refuses the next sample unacknowledged and the writer resends it later. (KEEP_LAST would
+    silently replace the oldest sample not yet taken.) History kind does not affect matching."""
+    return Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepAll,
+               Policy.ResourceLimits(max_samples=depth), Policy.Durability.Volatile,
                Policy.DataRepresentation(use_cdrv0_representation=True))
 
 
@@ -79,6 +87,7 @@ class _Input:
     reader: DataReader
     handle: Callable[[bytes], None]
     topic: str
+    depth: int  # the most samples the reader holds: one take empties it
 
 
 class DdsNode:
@@ -97,11 +106,10 @@ class DdsNode:
         self._namespace = namespace
         self._node_name = node_name
         self._participant = DomainParticipant(domain_id_from_env() if domain_id is None else domain_id)
-        output_qos = ros_qos(params.output_reliability, params.output_depth)
-        outputs = {out: (name, getattr(idl, message_class_name(out))) for out, name in output_topics(params).items()}
         self._writers = {
-            output: DataWriter(self._participant, self._topic(name, msg_type), qos=output_qos)
-            for output, (name, msg_type) in outputs.items()
+            output: DataWriter(self._participant, self._topic(name, getattr(idl, message_class_name(output))),
+                               qos=ros_qos(params.output_reliability, history_depth(params, output)))
+            for output, name in output_topics(params).items()
         }
         self.image_topic = self.resolve(params.image_topic)
         self.service = LensService(
@@ -121,17 +129,18 @@ class DdsNode:
         p = self.params
         image_qos = ros_qos(p.image_reliability, p.image_depth)
         inputs = [_Input(DataReader(self._participant, self._topic(p.image_topic, idl.Image), qos=image_qos),
-                         lambda raw: self.service.on_image(idl.Image.deserialize(raw)), self.image_topic)]
+                         lambda raw: self.service.on_image(idl.Image.deserialize(raw)), self.image_topic,
+                         p.image_depth)]
         if p.compressed_image_topic:
             reader = DataReader(self._participant, self._topic(p.compressed_image_topic, idl.CompressedImage),
                                 qos=image_qos)
             inputs.append(_Input(reader, lambda raw: self.service.on_compressed_image(
-                idl.CompressedImage.deserialize(raw)), self.resolve(p.compressed_image_topic)))
+                idl.CompressedImage.deserialize(raw)), self.resolve(p.compressed_image_topic), p.image_depth))
         # Queries last: a frame and a query that arrive together are handled frame first.
         query_reader = DataReader(self._participant, self._topic(p.query_topic, idl.String),
-                                  qos=ros_qos("reliable", p.query_depth))
+                                  qos=bounded_reader_qos(p.query_depth))
         inputs.append(_Input(query_reader, lambda raw: self.service.on_query(string_payload(raw)),
-                             self.resolve(p.query_topic)))
+                             self.resolve(p.query_topic), p.query_depth))
         return inputs
 
     def run(self, stop: threading.Event) -> None:
@@ -155,7 +164,9 @@ class DdsNode:
             self.service.deactivate()
 
     def _drain(self, item: _Input) -> None:
-        taken = ddspy_take(item.reader._ref, ANY_SAMPLE, MAX_TAKE)
+        """Take everything the reader holds, so that a burst within its depth is never overwritten there;
+        queries then meet the bounded QueryQueue, whose overflow gets error results."""
+        taken = ddspy_take(item.reader._ref, ANY_SAMPLE, item.depth)
         if isinstance(taken, int):
             log.error("taking samples from %s failed with DDS code %d", item.topic, taken)
             return
