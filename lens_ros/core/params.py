@@ -58,6 +58,10 @@ class LensParams:
         "/diagnostics", "topics.diagnostics", "diagnostic_msgs/DiagnosticArray output.", nonempty=True)
     max_frame_age_s: float = _param(
         1.0, "frames.max_age_s", "Queries fail when the newest frame is older than this; 0 disables.", minimum=0.0)
+    max_frame_future_s: float = _param(
+        0.5, "frames.max_future_s",
+        "Clock-skew tolerance: queries fail when the newest frame is stamped further ahead of this host's clock; "
+        "0 disables.", minimum=0.0)
     queue_size: int = _param(4, "queries.queue_size", "Pending queries kept while one is running.", minimum=1)
     queue_full_policy: str = _param(
         "drop_oldest", "queries.full_policy",
