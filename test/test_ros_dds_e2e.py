@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ros_fixtures import pattern_image, unique_domain_id, wait_until
+from ros_fixtures import loopback_dds, pattern_image, unique_domain_id, wait_until
 
 pytest.importorskip("lens_model.hub")
 
@@ -25,7 +25,6 @@ from lens_ros.core.params import LensParams  # noqa: E402
 from lens_ros.dds_client import LensDdsClient  # noqa: E402
 from lens_ros.dds_client import main as dds_client_main  # noqa: E402
 from lens_ros.msgs import idl  # noqa: E402
-from lens_ros.transports.dds import LOOPBACK_CYCLONEDDS_URI  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = idl.dds_kit()
@@ -65,16 +64,8 @@ class Peer(LensDdsClient):
 
 @pytest.fixture(scope="module")
 def dds_domain():
-    previous = {key: os.environ.get(key) for key in ("CYCLONEDDS_URI", "ROS_DOMAIN_ID")}
-    domain_id = unique_domain_id()
-    os.environ["CYCLONEDDS_URI"] = LOOPBACK_CYCLONEDDS_URI
-    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
-    yield domain_id
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with loopback_dds(unique_domain_id()) as domain_id:
+        yield domain_id
 
 
 @pytest.fixture(scope="module")

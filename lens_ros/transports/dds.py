@@ -83,11 +83,18 @@ def string_payload(cdr: bytes) -> bytes:
 
 
 @dataclass
-class _Input:
+class NodeInput:
     reader: DataReader
     handle: Callable[[bytes], None]
     topic: str
     depth: int  # the most samples the reader holds: one take empties it
+
+    def accept(self, raw: bytes) -> None:
+        """Handle one sample; a malformed one is logged and skipped, so the node keeps serving."""
+        try:
+            self.handle(raw)
+        except Exception as exc:
+            log.warning("dropped malformed sample on %s: %s: %s", self.topic, type(exc).__name__, exc)
 
 
 class DdsNode:
@@ -125,27 +132,27 @@ class DdsNode:
     def _publish(self, output: Output, msg: Any) -> None:
         self._writers[output].write(msg)
 
-    def _inputs(self) -> list[_Input]:
+    def create_inputs(self) -> list[NodeInput]:
         p = self.params
         image_qos = ros_qos(p.image_reliability, p.image_depth)
-        inputs = [_Input(DataReader(self._participant, self._topic(p.image_topic, idl.Image), qos=image_qos),
-                         lambda raw: self.service.on_image(idl.Image.deserialize(raw)), self.image_topic,
-                         p.image_depth)]
+        image_reader = DataReader(self._participant, self._topic(p.image_topic, idl.Image), qos=image_qos)
+        inputs = [NodeInput(image_reader, lambda raw: self.service.on_image(idl.Image.deserialize(raw)),
+                            self.image_topic, p.image_depth)]
         if p.compressed_image_topic:
             reader = DataReader(self._participant, self._topic(p.compressed_image_topic, idl.CompressedImage),
                                 qos=image_qos)
-            inputs.append(_Input(reader, lambda raw: self.service.on_compressed_image(
+            inputs.append(NodeInput(reader, lambda raw: self.service.on_compressed_image(
                 idl.CompressedImage.deserialize(raw)), self.resolve(p.compressed_image_topic), p.image_depth))
         # Queries last: a frame and a query that arrive together are handled frame first.
         query_reader = DataReader(self._participant, self._topic(p.query_topic, idl.String),
                                   qos=bounded_reader_qos(p.query_depth))
-        inputs.append(_Input(query_reader, lambda raw: self.service.on_query(string_payload(raw)),
-                             self.resolve(p.query_topic), p.query_depth))
+        inputs.append(NodeInput(query_reader, lambda raw: self.service.on_query(string_payload(raw)),
+                                self.resolve(p.query_topic), p.query_depth))
         return inputs
 
     def run(self, stop: threading.Event) -> None:
         self.service.activate()
-        inputs = self._inputs()
+        inputs = self.create_inputs()
         waitset = WaitSet(self._participant)
         for item in inputs:
             waitset.attach(ReadCondition(item.reader, ANY_SAMPLE))
@@ -156,24 +163,21 @@ class DdsNode:
             while not stop.is_set():
                 waitset.wait(duration(milliseconds=100))
                 for item in inputs:
-                    self._drain(item)
+                    self.drain(item)
                 if time.monotonic() >= next_diagnostics:
                     self.service.publish_diagnostics()
                     next_diagnostics = time.monotonic() + self.params.diagnostics_period_s
         finally:
             self.service.deactivate()
 
-    def _drain(self, item: _Input) -> None:
-        """Take everything the reader holds, so that a burst within its depth is never overwritten there;
-        queries then meet the bounded QueryQueue, whose overflow gets error results."""
+    @staticmethod
+    def drain(item: NodeInput) -> None:
+        """Take everything the reader holds: a full query reader refuses new samples until then, and each
+        query taken meets the bounded QueryQueue at once (its overflow gets error results)."""
         taken = ddspy_take(item.reader._ref, ANY_SAMPLE, item.depth)
         if isinstance(taken, int):
             log.error("taking samples from %s failed with DDS code %d", item.topic, taken)
             return
         for raw, info in taken:
-            if not info.valid_data:
-                continue
-            try:
-                item.handle(raw)
-            except Exception as exc:  # a malformed sample is logged and skipped; the node keeps serving
-                log.warning("dropped malformed sample on %s: %s: %s", item.topic, type(exc).__name__, exc)
+            if info.valid_data:
+                item.accept(raw)
