@@ -147,6 +147,8 @@ def test_bad_inputs_each_get_one_error_result_and_the_node_keeps_serving(node):
     expect("cannot decode compressed image")
     peer.send_image(good, stamp=time.time() - 100.0)
     expect("s old")
+    peer.send_image(good, stamp=time.time() + 10 * 365 * 86400.0)
+    expect("s in the future")
     peer.send_image(good)
     expect("query is empty", "   ")
     expect("query is 500 characters long; the limit is 100", "x" * 500)
