@@ -84,10 +84,23 @@ def string_payload(cdr: bytes) -> bytes:
 
 @dataclass
 class NodeInput:
+    """One subscription of the node and the handler of its raw samples."""
+
     reader: DataReader
     handle: Callable[[bytes], None]
     topic: str
     depth: int  # the most samples the reader holds: one take empties it
+
+    def drain(self) -> None:
+        """Take everything the reader holds: a full query reader refuses new samples until then, and each
+        query taken meets the bounded QueryQueue at once (its overflow gets error results)."""
+        taken = ddspy_take(self.reader._ref, ANY_SAMPLE, self.depth)
+        if isinstance(taken, int):
+            log.error("taking samples from %s failed with DDS code %d", self.topic, taken)
+            return
+        for raw, info in taken:
+            if info.valid_data:
+                self.accept(raw)
 
     def accept(self, raw: bytes) -> None:
         """Handle one sample; a malformed one is logged and skipped, so the node keeps serving."""
@@ -163,21 +176,9 @@ class DdsNode:
             while not stop.is_set():
                 waitset.wait(duration(milliseconds=100))
                 for item in inputs:
-                    self.drain(item)
+                    item.drain()
                 if time.monotonic() >= next_diagnostics:
                     self.service.publish_diagnostics()
                     next_diagnostics = time.monotonic() + self.params.diagnostics_period_s
         finally:
             self.service.deactivate()
-
-    @staticmethod
-    def drain(item: NodeInput) -> None:
-        """Take everything the reader holds: a full query reader refuses new samples until then, and each
-        query taken meets the bounded QueryQueue at once (its overflow gets error results)."""
-        taken = ddspy_take(item.reader._ref, ANY_SAMPLE, item.depth)
-        if isinstance(taken, int):
-            log.error("taking samples from %s failed with DDS code %d", item.topic, taken)
-            return
-        for raw, info in taken:
-            if info.valid_data:
-                item.accept(raw)
