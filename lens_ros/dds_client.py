@@ -50,14 +50,21 @@ class LensDdsClient:
         self.compressed_writer = DataWriter(
             self.participant, topic(p.compressed_image_topic, idl.CompressedImage), qos=reliable) \
             if p.compressed_image_topic else None
-        self.query_writer = DataWriter(self.participant, topic(p.query_topic, idl.String), qos=reliable)
-        self._readers = {
-            "mask": DataReader(self.participant, topic(p.mask_topic, idl.Image), qos=reliable),
-            "detections": DataReader(self.participant, topic(p.detections_topic, idl.Detection2DArray), qos=reliable),
-            "reasoning": DataReader(self.participant, topic(p.reasoning_topic, idl.String), qos=reliable),
-            "result": DataReader(self.participant, topic(p.result_topic, idl.String), qos=reliable),
-            "diagnostics": DataReader(self.participant, topic(p.diagnostics_topic, idl.DiagnosticArray), qos=reliable),
+        # As deep as the node's query reader and result writer, so that a burst is not overwritten here either.
+        self.query_writer = DataWriter(self.participant, topic(p.query_topic, idl.String),
+                                       qos=ros_qos("reliable", p.query_depth))
+        inputs = {  # name: (topic, type, history depth)
+            "mask": (p.mask_topic, idl.Image, p.output_depth),
+            "detections": (p.detections_topic, idl.Detection2DArray, p.output_depth),
+            "reasoning": (p.reasoning_topic, idl.String, p.output_depth),
+            "result": (p.result_topic, idl.String, p.result_depth),
+            "diagnostics": (p.diagnostics_topic, idl.DiagnosticArray, p.output_depth),
         }
+        # KEEP_LAST, not KEEP_ALL: a reader of a closed client that refused samples would stall delivery to
+        # the other readers in this process.
+        self._readers = {name: DataReader(self.participant, topic(topic_name, msg_type), qos=ros_qos("reliable", depth))
+                         for name, (topic_name, msg_type, depth) in inputs.items()}
+        self._depths = {name: depth for name, (_, _, depth) in inputs.items()}
         self._received: dict[str, list[Any]] = {name: [] for name in self._readers}
         self._arrived = threading.Condition(threading.RLock())
         self._stop = threading.Event()
@@ -71,7 +78,7 @@ class LensDdsClient:
         while not self._stop.is_set():
             waitset.wait(duration(milliseconds=100))
             for name, reader in self._readers.items():
-                samples = reader.take(N=64)
+                samples = reader.take(N=self._depths[name])  # all it can hold
                 if samples:
                     with self._arrived:
                         self._received[name].extend(samples)

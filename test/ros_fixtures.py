@@ -1,11 +1,12 @@
 """Helpers shared by the test_ros_* tests: a deterministic segmenter double, message builders, DDS setup."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from lens_ros.core.params import LensParams
 from lens_ros.core.publishing import Output
 from lens_ros.core.service import LensService
 from lens_ros.msgs.rosbags_types import lens_typestore, rosbags_kit
+from lens_ros.transports.dds import LOOPBACK_CYCLONEDDS_URI
 
 TYPESTORE = lens_typestore()
 KIT = rosbags_kit(TYPESTORE)
@@ -127,9 +129,26 @@ def pattern_image(height: int = 48, width: int = 64) -> np.ndarray:
     return np.stack([(x * 4) % 256, (y * 5) % 256, (x + y * 3) % 256], axis=-1).astype(np.uint8)
 
 
-def unique_domain_id() -> int:
-    """A DDS domain for this test run, so parallel runs on one host do not hear each other."""
-    return 10 + os.getpid() % 200
+def unique_domain_id(offset: int = 0) -> int:
+    """A DDS domain for this test run, so parallel runs on one host do not hear each other; test modules
+    that leave DDS entities behind in this process use different offsets."""
+    return 10 + (os.getpid() + offset) % 200
+
+
+@contextlib.contextmanager
+def loopback_dds(domain_id: int) -> Iterator[int]:
+    """CYCLONEDDS_URI on loopback and ROS_DOMAIN_ID set for the duration, then restored."""
+    previous = {key: os.environ.get(key) for key in ("CYCLONEDDS_URI", "ROS_DOMAIN_ID")}
+    os.environ["CYCLONEDDS_URI"] = LOOPBACK_CYCLONEDDS_URI
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    try:
+        yield domain_id
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:

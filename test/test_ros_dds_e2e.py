@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ros_fixtures import pattern_image, unique_domain_id, wait_until
+from ros_fixtures import loopback_dds, pattern_image, unique_domain_id, wait_until
 
 pytest.importorskip("lens_model.hub")
 
@@ -25,7 +25,6 @@ from lens_ros.core.params import LensParams  # noqa: E402
 from lens_ros.dds_client import LensDdsClient  # noqa: E402
 from lens_ros.dds_client import main as dds_client_main  # noqa: E402
 from lens_ros.msgs import idl  # noqa: E402
-from lens_ros.transports.dds import LOOPBACK_CYCLONEDDS_URI  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = idl.dds_kit()
@@ -65,16 +64,8 @@ class Peer(LensDdsClient):
 
 @pytest.fixture(scope="module")
 def dds_domain():
-    previous = {key: os.environ.get(key) for key in ("CYCLONEDDS_URI", "ROS_DOMAIN_ID")}
-    domain_id = unique_domain_id()
-    os.environ["CYCLONEDDS_URI"] = LOOPBACK_CYCLONEDDS_URI
-    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
-    yield domain_id
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with loopback_dds(unique_domain_id()) as domain_id:
+        yield domain_id
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +147,8 @@ def test_bad_inputs_each_get_one_error_result_and_the_node_keeps_serving(node):
     expect("cannot decode compressed image")
     peer.send_image(good, stamp=time.time() - 100.0)
     expect("s old")
+    peer.send_image(good, stamp=time.time() + 10 * 365 * 86400.0)
+    expect("s in the future")
     peer.send_image(good)
     expect("query is empty", "   ")
     expect("query is 500 characters long; the limit is 100", "x" * 500)
@@ -201,6 +194,23 @@ def test_dds_client_command_line_prints_the_result_and_saves_the_mask(node, tmp_
     assert json.loads(capsys.readouterr().out)["status"] in ("ok", "no_box")
     saved = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
     assert saved.shape == (48, 64) and set(np.unique(saved)) <= {0, 255}
+
+
+def test_a_burst_of_200_queries_gets_200_results_and_the_client_sees_each_once(node):
+    """Written back to back, far faster than the node answers: every query must reach the node, get
+    exactly one result (most of them "query queue full"), and reach the client."""
+    process, peer = node
+    before = len(peer.results())
+    sent = [f"burst query {i}" for i in range(200)]
+    for text in sent:
+        peer.query_writer.write(idl.String(data=text))
+    wait_until(lambda: len(peer.results()) - before >= len(sent), RESULT_TIMEOUT_S, 0.1)
+    time.sleep(0.3)  # any duplicate result would arrive by now
+    burst = peer.results()[before:]
+    assert len(burst) == len(sent), f"{len(burst)} of {len(sent)} results\n{node_log(process)}"
+    assert sorted(r["query"] for r in burst) == sorted(sent)
+    assert len({r["query_id"] for r in burst}) == len(sent)
+    assert any("query queue full" in (r["error"] or "") for r in burst)
 
 
 def test_node_stops_cleanly_on_sigint(node):

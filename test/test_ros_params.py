@@ -51,6 +51,7 @@ def test_sections_apply_wildcard_then_node_then_fully_qualified(tmp_path):
     ({"queries.full_policy": "drop_newest"}, "must be one of drop_oldest, reject_new"),
     ({"qos.image_reliability": "maybe"}, "must be one of reliable, best_effort"),
     ({"debug_image.max_rate_hz": 0.0}, "debug_image.max_rate_hz must be > 0.0"),
+    ({"frames.max_future_s": -0.5}, "frames.max_future_s must be >= 0.0"),
     ({"model.name": ""}, "model.name must not be empty"),
     ({"autostart": 1}, "autostart must be bool, got int"),
 ])

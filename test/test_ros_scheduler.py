@@ -115,6 +115,39 @@ def test_max_age_zero_disables_the_age_check(clock, sink):
     assert sink.results()[0]["status"] == "ok"
 
 
+TEN_YEARS_S = 10 * 365 * 86400.0
+
+
+def test_frame_stamped_beyond_the_clock_skew_tolerance_is_refused_and_a_later_good_frame_replaces_it(clock, sink):
+    segmenter = FakeSegmenter()
+    service = make_service(segmenter, clock, sink, synchronous=True)  # frames.max_future_s: 0.5 by default
+    service.activate()
+    service.on_image(image_msg(pattern_image(), "rgb8", clock.now + TEN_YEARS_S, frame_id="future"))
+    service.on_query("x")
+    clock.now += 60.0  # a future frame never grows stale: it must still be refused
+    service.on_query("x")
+    service.on_image(image_msg(pattern_image(), "rgb8", clock.now - 0.1, frame_id="good"))
+    service.on_query("x")
+    service.on_image(image_msg(pattern_image(), "rgb8", clock.now + 0.4, frame_id="skewed"))  # within tolerance
+    service.on_query("x")
+    refused, still_refused, good, skewed = sink.results()
+    assert refused["status"] == still_refused["status"] == "error" and refused["frame_id"] == "future"
+    assert refused["error"].startswith(
+        f"newest frame is stamped {TEN_YEARS_S:.3f} s in the future (stamp {1000.0 + TEN_YEARS_S:.3f}, "
+        "frame_id 'future', this host's clock 1000.000), more than frames.max_future_s = 0.5")
+    assert "this host's clock 1060.000" in still_refused["error"]
+    assert (good["status"], good["frame_id"], skewed["status"]) == ("ok", "good", "ok")
+    assert len(segmenter.calls) == 2
+
+
+def test_max_future_zero_disables_the_clock_skew_check(clock, sink):
+    service = make_service(FakeSegmenter(), clock, sink, synchronous=True, **{"frames.max_future_s": 0})
+    service.activate()
+    service.on_image(image_msg(pattern_image(), "rgb8", clock.now + 3600.0))
+    service.on_query("anything")
+    assert sink.results()[0]["status"] == "ok"
+
+
 def test_frames_arriving_during_inference_replace_the_buffered_one(clock, sink):
     gate = threading.Event()
     segmenter = FakeSegmenter(gate=gate)

@@ -58,6 +58,10 @@ class LensParams:
         "/diagnostics", "topics.diagnostics", "diagnostic_msgs/DiagnosticArray output.", nonempty=True)
     max_frame_age_s: float = _param(
         1.0, "frames.max_age_s", "Queries fail when the newest frame is older than this; 0 disables.", minimum=0.0)
+    max_frame_future_s: float = _param(
+        0.5, "frames.max_future_s",
+        "Clock-skew tolerance: queries fail when the newest frame is stamped further ahead of this host's clock; "
+        "0 disables.", minimum=0.0)
     queue_size: int = _param(4, "queries.queue_size", "Pending queries kept while one is running.", minimum=1)
     queue_full_policy: str = _param(
         "drop_oldest", "queries.full_policy",
@@ -67,10 +71,14 @@ class LensParams:
     image_reliability: str = _param(
         "best_effort", "qos.image_reliability", "Image subscription reliability.", choices=RELIABILITIES)
     image_depth: int = _param(1, "qos.image_depth", "Image subscription history depth.", minimum=1)
-    query_depth: int = _param(10, "qos.query_depth", "Query subscription history depth (reliable).", minimum=1)
+    query_depth: int = _param(
+        1000, "qos.query_depth",
+        "Query subscription history depth (reliable): the largest burst held before the node takes it.", minimum=1)
     output_reliability: str = _param(
         "reliable", "qos.output_reliability", "Reliability of all outputs.", choices=RELIABILITIES)
-    output_depth: int = _param(10, "qos.output_depth", "History depth of all outputs.", minimum=1)
+    output_depth: int = _param(10, "qos.output_depth", "History depth of all outputs but the result.", minimum=1)
+    result_depth: int = _param(
+        1000, "qos.result_depth", "History depth of the result output: the largest burst of results kept.", minimum=1)
     debug_image: bool = _param(False, "debug_image.enabled", "Publish the frame with mask, box and label drawn.")
     debug_image_max_rate_hz: float = _param(
         2.0, "debug_image.max_rate_hz", "Upper bound on debug image rate.", exclusive_minimum=0.0)

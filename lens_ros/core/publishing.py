@@ -53,6 +53,12 @@ def output_topics(params: Any) -> dict[Output, str]:
     return names
 
 
+def history_depth(params: Any, output: Output) -> int:
+    """KEEP_LAST depth of an output's publisher: results come in bursts (one per query, also when a full
+    queue drops queries), so they keep ``qos.result_depth``; the others at most one per inference."""
+    return params.result_depth if output is Output.RESULT else params.output_depth
+
+
 def message_class_name(output: Output) -> str:
     """``Image`` for ``sensor_msgs/msg/Image``: the class name transports look the type up by."""
     return OUTPUT_TYPES[output].rsplit("/", 1)[1]

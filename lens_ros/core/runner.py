@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RunSettings:
     max_frame_age_s: float  # 0 disables the check
+    max_frame_future_s: float  # clock-skew tolerance for stamps ahead of the host's clock; 0 disables the check
     template: str | None  # None: the model's default prompt template
     max_new_tokens: int | None
     image_source: str  # named in "no frame yet" errors
@@ -66,6 +67,14 @@ class QueryRunner:
             return failure(f"no image received yet on {self._settings.image_source}")
         age = now - frame.stamp.seconds
         context = {"frame": frame, "frame_age_s": age}
+        max_future = self._settings.max_frame_future_s
+        if max_future > 0 and -age > max_future:
+            # Such a frame would never grow stale: without this, queries would run on it for ever.
+            return failure(
+                f"newest frame is stamped {-age:.3f} s in the future (stamp {frame.stamp.seconds:.3f}, frame_id "
+                f"{frame.frame_id!r}, this host's clock {now:.3f}), more than frames.max_future_s = {max_future}; "
+                "check that the camera's clock matches this host's (frames.max_future_s: 0 disables the check)",
+                **context)
         max_age = self._settings.max_frame_age_s
         if max_age > 0 and age > max_age:
             return failure(

@@ -79,6 +79,7 @@ class LensService:
             log.warning("model %s has random weights: its masks and boxes are meaningless", p.model_name)
         settings = RunSettings(
             max_frame_age_s=p.max_frame_age_s,
+            max_frame_future_s=p.max_frame_future_s,
             template=None if p.template == "auto" else p.template,
             max_new_tokens=p.max_new_tokens or None,
             image_source=self._image_source,

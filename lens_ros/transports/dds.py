@@ -26,7 +26,7 @@ from cyclonedds.util import duration
 
 from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError
-from lens_ros.core.publishing import Output, message_class_name, output_topics
+from lens_ros.core.publishing import Output, history_depth, message_class_name, output_topics
 from lens_ros.core.segmenter import load_segmenter
 from lens_ros.core.service import LensService, Loader
 from lens_ros.msgs import idl
@@ -44,7 +44,6 @@ LOOPBACK_CYCLONEDDS_URI = (
     "<Discovery><ParticipantIndex>auto</ParticipantIndex>"
     "<Peers><Peer address='127.0.0.1'/></Peers></Discovery></Domain></CycloneDDS>"
 )
-MAX_TAKE = 32
 MAX_DOMAIN_ID = 232
 
 
@@ -53,6 +52,15 @@ def ros_qos(reliability: str, depth: int) -> Qos:
     reliable = Policy.Reliability.Reliable(duration(seconds=1)) if reliability == "reliable" \
         else Policy.Reliability.BestEffort
     return Qos(reliable, Policy.History.KeepLast(depth), Policy.Durability.Volatile,
+               Policy.DataRepresentation(use_cdrv0_representation=True))
+
+
+def bounded_reader_qos(depth: int) -> Qos:
+    """A reliable subscription that holds up to ``depth`` samples and overwrites none: when it is full,
+    DDS refuses the next sample unacknowledged and the writer resends it later. (KEEP_LAST would
+    silently replace the oldest sample not yet taken.) History kind does not affect matching."""
+    return Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepAll,
+               Policy.ResourceLimits(max_samples=depth), Policy.Durability.Volatile,
                Policy.DataRepresentation(use_cdrv0_representation=True))
 
 
@@ -75,10 +83,31 @@ def string_payload(cdr: bytes) -> bytes:
 
 
 @dataclass
-class _Input:
+class NodeInput:
+    """One subscription of the node and the handler of its raw samples."""
+
     reader: DataReader
     handle: Callable[[bytes], None]
     topic: str
+    depth: int  # the most samples the reader holds: one take empties it
+
+    def drain(self) -> None:
+        """Take everything the reader holds: a full query reader refuses new samples until then, and each
+        query taken meets the bounded QueryQueue at once (its overflow gets error results)."""
+        taken = ddspy_take(self.reader._ref, ANY_SAMPLE, self.depth)
+        if isinstance(taken, int):
+            log.error("taking samples from %s failed with DDS code %d", self.topic, taken)
+            return
+        for raw, info in taken:
+            if info.valid_data:
+                self.accept(raw)
+
+    def accept(self, raw: bytes) -> None:
+        """Handle one sample; a malformed one is logged and skipped, so the node keeps serving."""
+        try:
+            self.handle(raw)
+        except Exception as exc:
+            log.warning("dropped malformed sample on %s: %s: %s", self.topic, type(exc).__name__, exc)
 
 
 class DdsNode:
@@ -97,11 +126,10 @@ class DdsNode:
         self._namespace = namespace
         self._node_name = node_name
         self._participant = DomainParticipant(domain_id_from_env() if domain_id is None else domain_id)
-        output_qos = ros_qos(params.output_reliability, params.output_depth)
-        outputs = {out: (name, getattr(idl, message_class_name(out))) for out, name in output_topics(params).items()}
         self._writers = {
-            output: DataWriter(self._participant, self._topic(name, msg_type), qos=output_qos)
-            for output, (name, msg_type) in outputs.items()
+            output: DataWriter(self._participant, self._topic(name, getattr(idl, message_class_name(output))),
+                               qos=ros_qos(params.output_reliability, history_depth(params, output)))
+            for output, name in output_topics(params).items()
         }
         self.image_topic = self.resolve(params.image_topic)
         self.service = LensService(
@@ -117,26 +145,27 @@ class DdsNode:
     def _publish(self, output: Output, msg: Any) -> None:
         self._writers[output].write(msg)
 
-    def _inputs(self) -> list[_Input]:
+    def create_inputs(self) -> list[NodeInput]:
         p = self.params
         image_qos = ros_qos(p.image_reliability, p.image_depth)
-        inputs = [_Input(DataReader(self._participant, self._topic(p.image_topic, idl.Image), qos=image_qos),
-                         lambda raw: self.service.on_image(idl.Image.deserialize(raw)), self.image_topic)]
+        image_reader = DataReader(self._participant, self._topic(p.image_topic, idl.Image), qos=image_qos)
+        inputs = [NodeInput(image_reader, lambda raw: self.service.on_image(idl.Image.deserialize(raw)),
+                            self.image_topic, p.image_depth)]
         if p.compressed_image_topic:
             reader = DataReader(self._participant, self._topic(p.compressed_image_topic, idl.CompressedImage),
                                 qos=image_qos)
-            inputs.append(_Input(reader, lambda raw: self.service.on_compressed_image(
-                idl.CompressedImage.deserialize(raw)), self.resolve(p.compressed_image_topic)))
+            inputs.append(NodeInput(reader, lambda raw: self.service.on_compressed_image(
+                idl.CompressedImage.deserialize(raw)), self.resolve(p.compressed_image_topic), p.image_depth))
         # Queries last: a frame and a query that arrive together are handled frame first.
         query_reader = DataReader(self._participant, self._topic(p.query_topic, idl.String),
-                                  qos=ros_qos("reliable", p.query_depth))
-        inputs.append(_Input(query_reader, lambda raw: self.service.on_query(string_payload(raw)),
-                             self.resolve(p.query_topic)))
+                                  qos=bounded_reader_qos(p.query_depth))
+        inputs.append(NodeInput(query_reader, lambda raw: self.service.on_query(string_payload(raw)),
+                                self.resolve(p.query_topic), p.query_depth))
         return inputs
 
     def run(self, stop: threading.Event) -> None:
         self.service.activate()
-        inputs = self._inputs()
+        inputs = self.create_inputs()
         waitset = WaitSet(self._participant)
         for item in inputs:
             waitset.attach(ReadCondition(item.reader, ANY_SAMPLE))
@@ -147,22 +176,9 @@ class DdsNode:
             while not stop.is_set():
                 waitset.wait(duration(milliseconds=100))
                 for item in inputs:
-                    self._drain(item)
+                    item.drain()
                 if time.monotonic() >= next_diagnostics:
                     self.service.publish_diagnostics()
                     next_diagnostics = time.monotonic() + self.params.diagnostics_period_s
         finally:
             self.service.deactivate()
-
-    def _drain(self, item: _Input) -> None:
-        taken = ddspy_take(item.reader._ref, ANY_SAMPLE, MAX_TAKE)
-        if isinstance(taken, int):
-            log.error("taking samples from %s failed with DDS code %d", item.topic, taken)
-            return
-        for raw, info in taken:
-            if not info.valid_data:
-                continue
-            try:
-                item.handle(raw)
-            except Exception as exc:  # a malformed sample is logged and skipped; the node keeps serving
-                log.warning("dropped malformed sample on %s: %s: %s", item.topic, type(exc).__name__, exc)
