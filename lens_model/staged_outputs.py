@@ -56,20 +56,12 @@ class StagedOutputs:
     def commit(self) -> None:
         for name in self._names:
             os.replace(self._staging / name, self.folder / name)
-        _fsync_folder(self.folder)
 
 
 def write_durably(path: Path, data: bytes) -> None:
+    """Write and fsync, so that a full disk fails here rather than after the rename."""
     with open(path, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
 
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the renames survive a power cut (the folder's entries are flushed like a file's data)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

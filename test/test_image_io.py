@@ -97,7 +97,7 @@ def test_a_png_chunk_with_a_wrong_crc_is_refused():
         probe(bytes(data))
 
 
-def jpeg_segments(data: bytes, marker: int) -> int:
+def segment_start(data: bytes, marker: int) -> int:
     """Where the first segment with this marker starts."""
     return data.index(bytes([0xFF, marker]))
 
@@ -111,7 +111,7 @@ def jpeg_segments(data: bytes, marker: int) -> int:
 ])
 def test_jpeg_structure_is_strict(case, message):
     data = jpeg_bytes(RGB)
-    sof, sos = jpeg_segments(data, 0xC0), jpeg_segments(data, 0xDA)
+    sof, sos = segment_start(data, 0xC0), segment_start(data, 0xDA)
     sof_segment = data[sof:sof + 2 + int.from_bytes(data[sof + 2:sof + 4], "big")]
     if case == "second frame header":
         data = data[:sos] + sof_segment + data[sos:]
@@ -129,7 +129,7 @@ def test_jpeg_structure_is_strict(case, message):
 
 def test_a_jpeg_with_more_scans_than_the_limit_is_refused():
     data = jpeg_bytes(RGB)
-    sos = jpeg_segments(data, 0xDA)
+    sos = segment_start(data, 0xDA)
     scan = data[sos:-2]
     with pytest.raises(InputError, match="more than 500 scans"):
         probe(data[:sos] + scan * (image_io.MAX_JPEG_SCANS + 1) + b"\xff\xd9")
