@@ -3,7 +3,7 @@
 Only PNG and JPEG are read. Their structure is walked here, without decoding any pixels, so that
 
 * an image whose header declares more than ``MAX_IMAGE_PIXELS`` is refused before the decoder
-  allocates anything (a PNG of 134 bytes can declare 30000 x 30000 pixels, under OpenCV's own
+  allocates anything (a PNG of 69 bytes can declare 30000 x 30000 pixels, under OpenCV's own
   limit of 1 GP, and deflate packs up to about 1000 zero bytes into one);
 * a truncated file (no PNG ``IEND`` or JPEG ``EOI``, a chunk or segment cut short) or a PNG chunk
   whose CRC does not match is refused, where OpenCV's file reader fills a truncated JPEG with grey;

@@ -90,7 +90,7 @@ def test_cuda_requested_but_absent(image_file, tmp_path, capsys):
 
 def test_an_image_over_the_pixel_budget_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(png_claiming(30_000, 30_000))  # 134 bytes declaring 900 MP
+    bomb.write_bytes(png_claiming(30_000, 30_000))  # 69 bytes declaring 900 MP
     monkeypatch.setattr(cv2, "imdecode", refuse_to_decode)
     monkeypatch.setattr(cv2, "imread", refuse_to_decode)
     code = main(["--image", str(bomb), "--query", "x", "--model", "tiny-random", "--out", str(tmp_path / "o")])
