@@ -3,21 +3,52 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from lens_model.builtin import DEMO_MODEL, TINY_RANDOM
+from lens_model.image_io import MAX_IMAGE_PIXELS, display_path, read_image_file
+from lens_model.staged_outputs import StagedOutputs
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2, like every other user error of lens-segment."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _utf8_text(value: str) -> str:
+    """Command-line text that is valid UTF-8 (undecodable argv bytes arrive as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid UTF-8 text") from None
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="lens-segment",
         description="Find what QUERY refers to in IMAGE; write mask.png, overlay.png and result.json to --out.",
     )
-    parser.add_argument("--image", required=True, help="input image (PNG, JPEG, ...)")
-    parser.add_argument("--query", required=True, help='referring expression, e.g. "the mug nearest the sink"')
+    parser.add_argument("--image", required=True,
+                        help=f"input image, PNG or JPEG, at most {MAX_IMAGE_PIXELS // 10**6} megapixels "
+                             "(EXIF orientation is applied)")
+    parser.add_argument("--query", required=True, type=_utf8_text,
+                        help='referring expression, e.g. "the mug nearest the sink"')
     parser.add_argument("--model", default=DEMO_MODEL,
                         help=f"built-in name ({TINY_RANDOM}, {DEMO_MODEL}), checkpoint folder or hub id "
                              f"such as OuyBin/LENS (default: {DEMO_MODEL}, the small synthetic-scene model "
@@ -26,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--template", choices=["direct", "reasoning"], default=None,
                         help="prompt: the authors' direct answer or think/answer reasoning (default: the model's)")
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--out", default="lens_out", help="output folder (default: lens_out)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=None)
+    parser.add_argument("--out", default="lens_out",
+                        help="output folder (default: lens_out); its three files are replaced only when "
+                             "all three are written")
     return parser
 
 
@@ -50,51 +83,44 @@ def _run(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from lens_model.errors import InputError
     from lens_model.prompts import clean_query
 
     query = clean_query(args.query, max_chars=2000)
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise InputError(f"image {image_path} does not exist")
-    bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"image {image_path} could not be decoded (corrupt or unsupported format)")
-    image = np.ascontiguousarray(bgr[:, :, ::-1])
+    image = read_image_file(args.image, apply_exif_orientation=True)
+    with StagedOutputs(Path(args.out)) as outputs:  # an unusable --out fails here, before the model loads
+        from lens_model.hub import load_model
+        from lens_model.visualize import draw_overlay
 
-    from lens_model.hub import load_model
-    from lens_model.visualize import draw_overlay
+        print(f"Loading model {args.model} on {args.device}...", file=sys.stderr)
+        start = time.perf_counter()
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        print(f"Model ready in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
+        if model.config.random_weights:
+            print("WARNING: this model has RANDOM weights (a smoke-test model); its masks and answers are meaningless.",
+                  file=sys.stderr)
+        result = model.predict(image, query, template=args.template, max_new_tokens=args.max_new_tokens)
 
-    print(f"Loading model {args.model} on {args.device}...", file=sys.stderr)
-    start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"Model ready in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
-    if model.config.random_weights:
-        print("WARNING: this model has RANDOM weights (a smoke-test model); its masks and answers are meaningless.",
-              file=sys.stderr)
-    result = model.predict(image, query, template=args.template, max_new_tokens=args.max_new_tokens)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_png(out / "mask.png", result.mask.astype(np.uint8) * 255)
-    _write_png(out / "overlay.png", draw_overlay(image, result)[:, :, ::-1])
-    summary = {"image": str(image_path), "model": args.model, **result.to_dict()}
-    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        outputs.write("mask.png", _png(result.mask.astype(np.uint8) * 255))
+        outputs.write("overlay.png", _png(cv2.cvtColor(draw_overlay(image, result), cv2.COLOR_RGB2BGR)))
+        summary = {"image": display_path(args.image), "model": args.model, **result.to_dict()}
+        outputs.write("result.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+        outputs.commit()
+    out = display_path(args.out)
     box = "none (" + result.box_status + ")" if result.box is None else "[" + ", ".join(f"{v:.1f}" for v in result.box) + "]"
     print(f"query: {query}\nbox: {box}\nlabel: {result.label}\nscore: {result.score:.3f}")
     if result.reasoning:
         print(f"reasoning: {result.reasoning}")
-    print(f"wrote {out / 'mask.png'}, {out / 'overlay.png'}, {out / 'result.json'} ({result.timings_ms['total']:.0f} ms)")
+    print(f"wrote mask.png, overlay.png and result.json to {out} ({result.timings_ms['total']:.0f} ms)")
     return 0
 
 
-def _write_png(path: Path, array) -> None:
+def _png(array) -> bytes:
     import cv2
 
-    tmp = path.with_suffix(".tmp.png")
-    if not cv2.imwrite(str(tmp), array):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError("could not encode a PNG")
+    return encoded.tobytes()
 
 
 if __name__ == "__main__":

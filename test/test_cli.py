@@ -1,13 +1,21 @@
-"""lens-segment: outputs on success, one clear line and exit code 2 on user errors."""
+"""lens-segment: outputs on success, replaced only all together, one clear line and exit code 2 on user errors."""
+import errno
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
-
-from lens_model.cli import main
+from image_fixtures import png_claiming, refuse_to_decode
 from model_fixtures import scene
+
+from lens_model import staged_outputs
+from lens_model.cli import main
+
+OUTPUTS = ("mask.png", "overlay.png", "result.json")
 
 
 @pytest.fixture()
@@ -17,10 +25,24 @@ def image_file(tmp_path):
     return path
 
 
+def plant_earlier_outputs(out):
+    out.mkdir(exist_ok=True)
+    for name in OUTPUTS:
+        (out / name).write_bytes(f"an earlier good {name}".encode())
+
+
+def assert_earlier_outputs_untouched(out):
+    assert sorted(os.listdir(out)) == sorted(OUTPUTS)  # and no staging folder left behind
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == f"an earlier good {name}".encode()
+
+
 def test_success_writes_mask_overlay_and_json(image_file, tmp_path, capsys):
     out = tmp_path / "out"
+    plant_earlier_outputs(out)
     code = main(["--image", str(image_file), "--query", "the red square", "--model", "tiny-random", "--out", str(out)])
     assert code == 0
+    assert sorted(os.listdir(out)) == sorted(OUTPUTS)
     mask = cv2.imread(str(out / "mask.png"), cv2.IMREAD_UNCHANGED)
     overlay = cv2.imread(str(out / "overlay.png"))
     assert mask.shape == (90, 140) and set(np.unique(mask)) <= {0, 255}
@@ -34,7 +56,7 @@ def test_success_writes_mask_overlay_and_json(image_file, tmp_path, capsys):
 
 @pytest.mark.parametrize("case,message", [
     ("missing", "does not exist"),
-    ("corrupt", "could not be decoded"),
+    ("corrupt", "PNG is truncated"),
     ("empty_query", "query is empty"),
     ("unknown_model", "huggingface-cli download"),
     ("bad_folder", "no config.json"),
@@ -64,3 +86,63 @@ def test_cuda_requested_but_absent(image_file, tmp_path, capsys):
         pytest.skip("CUDA present")
     code = main(["--image", str(image_file), "--query", "x", "--model", "tiny-random", "--device", "cuda", "--out", str(tmp_path)])
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_an_image_over_the_pixel_budget_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(30_000, 30_000))  # 69 bytes declaring 900 MP
+    monkeypatch.setattr(cv2, "imdecode", refuse_to_decode)
+    monkeypatch.setattr(cv2, "imread", refuse_to_decode)
+    code = main(["--image", str(bomb), "--query", "x", "--model", "tiny-random", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"lens-segment: error: image {bomb}: image of 30000x30000 = 900.0 MP is over the pixel budget of 50 MP "
+        "(MAX_IMAGE_PIXELS)"]
+
+
+@pytest.mark.parametrize("failure, code, message", [
+    ("short write", 2, "0 of"),  # what cv2.imwrite did on a full disk, returning True
+    ("disk full", 2, "No space left on device"),
+    ("ctrl-c", 130, None),
+])
+def test_a_failed_write_leaves_the_earlier_outputs_untouched(failure, code, message, image_file, tmp_path,
+                                                             monkeypatch, capsys):
+    out = tmp_path / "out"
+    plant_earlier_outputs(out)
+    write = staged_outputs.write_durably
+
+    def failing_write(path, data):
+        if path.name != "overlay.png":
+            write(path, data)
+        elif failure == "short write":
+            write(path, b"")
+        elif failure == "disk full":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(staged_outputs, "write_durably", failing_write)
+    assert main(["--image", str(image_file), "--query", "x", "--model", "tiny-random", "--out", str(out)]) == code
+    assert_earlier_outputs_untouched(out)
+    if message is not None:
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert last.startswith(f"lens-segment: error: could not write {out / 'overlay.png'}: ") and message in last
+
+
+def test_a_full_disk_leaves_the_earlier_outputs_untouched(image_file, tmp_path):
+    """A real write error from the kernel: a file size limit of 4 kB (EFBIG) stands in for a full disk.
+    The mask fits, the overlay does not."""
+    out = tmp_path / "out"
+    plant_earlier_outputs(out)
+    limited = ("import resource, signal, sys\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+               "from lens_model.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", limited, "--image", str(image_file), "--query", "x",
+                           "--model", "tiny-random", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert_earlier_outputs_untouched(out)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"lens-segment: error: could not write {out / 'overlay.png'}: File too large"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from image_fixtures import png_claiming, refuse_to_decode
 from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, image_msg, pattern_image
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -131,3 +132,20 @@ def test_unknown_model_fails_before_the_output_bag_is_created(tmp_path, input_ba
     assert main(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "x",
                  "--output", str(output), "--model", "no-such-model"]) == 2
     assert "no-such-model" in caplog.text and not output.exists()
+
+
+def test_a_compressed_frame_over_the_pixel_budget_becomes_an_error_result_without_decoding(tmp_path, monkeypatch):
+    source, output = tmp_path / "bomb", tmp_path / "out"
+    with Writer(source, version=8) as writer:
+        connection = writer.add_connection("/camera/compressed", "sensor_msgs/msg/CompressedImage",
+                                           typestore=TYPESTORE)
+        msg = KIT.CompressedImage(header=messages.header(KIT, Stamp.from_seconds(T0), "cam"), format="png",
+                                  data=KIT.uint8_sequence(png_claiming(30_000, 30_000)))
+        writer.write(connection, int(T0 * 1e9), TYPESTORE.serialize_cdr(msg, connection.msgtype))
+    monkeypatch.setattr(cv2, "imdecode", refuse_to_decode)
+    segmenter = FakeSegmenter()
+    statuses = run(["--input", str(source), "--image-topic", "/camera/compressed", "--query", "x",
+                    "--output", str(output)], segmenter)
+    assert statuses == {"ok": 0, "no_box": 0, "error": 1} and not segmenter.calls
+    (_, result), = read_bag(output)["/lens/result"]
+    assert "30000x30000 = 900.0 MP is over the pixel budget of 50 MP" in json.loads(result.data)["error"]

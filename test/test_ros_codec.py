@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from image_fixtures import jpeg_bytes, jpeg_claiming, jpeg_with_orientation, png_claiming, refuse_to_decode
 from ros_fixtures import KIT, TYPESTORE, image_msg, pattern_image, raw_image_msg
 
 from lens_model.errors import InputError
@@ -112,7 +113,7 @@ def test_jpeg_compressed_image_decodes_close_to_the_original():
 
 
 @pytest.mark.parametrize("data, fmt, message", [
-    (b"", "jpeg", "compressed image has no data"),
+    (b"", "jpeg", "cannot decode compressed image (format 'jpeg', 0 bytes): image data is empty"),
     (b"definitely not an image", "jpeg", "cannot decode compressed image (format 'jpeg', 23 bytes)"),
     (b"\x00" * 20, "16UC1; compressedDepth png", "compressedDepth) is not supported"),
 ])
@@ -120,6 +121,40 @@ def test_bad_compressed_images_raise_input_error(data, fmt, message):
     with pytest.raises(InputError) as info:
         compressed_msg_to_rgb(compressed_msg(data, fmt))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("data", [png_claiming(30_000, 30_000), jpeg_claiming(65_535, 65_535)], ids=["png", "jpeg"])
+def test_compressed_images_over_the_pixel_budget_are_refused_before_decoding(data, monkeypatch):
+    monkeypatch.setattr(cv2, "imdecode", refuse_to_decode)
+    with pytest.raises(InputError, match="over the pixel budget of 50 MP"):
+        compressed_msg_to_rgb(compressed_msg(data, "png"))
+
+
+def test_a_truncated_compressed_jpeg_is_refused():
+    data = jpeg_bytes(RGB)
+    with pytest.raises(InputError, match="JPEG is truncated"):
+        compressed_msg_to_rgb(compressed_msg(data[:-2], "jpeg"))
+
+
+def test_compressed_images_keep_the_camera_pixel_grid_whatever_their_exif_orientation():
+    decoded = compressed_msg_to_rgb(compressed_msg(jpeg_with_orientation(RGB, 6), "jpeg"))
+    assert decoded.shape == RGB.shape
+    assert np.abs(decoded.astype(int) - RGB).mean() < 3
+
+
+class UnreadImage:
+    """A raw image over the pixel budget whose pixel data must not be touched."""
+
+    height, width, step, encoding, is_bigendian = 5_001, 10_000, 10_000, "mono8", 0
+
+    @property
+    def data(self):
+        raise AssertionError("the pixel data was read for an image over the pixel budget")
+
+
+def test_raw_images_over_the_pixel_budget_are_refused_before_their_data_is_read():
+    with pytest.raises(InputError, match="10000x5001 = 50.0 MP is over the pixel budget of 50 MP"):
+        image_msg_to_rgb(UnreadImage())
 
 
 def test_mask_becomes_mono8_zero_and_255_of_frame_size():

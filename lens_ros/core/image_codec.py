@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from lens_model.errors import InputError
+from lens_model.image_io import check_pixel_budget, decode_image
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise InputError(f"image is empty ({width}x{height})")
+    check_pixel_budget(width, height)
     row_bytes = width * layout.channels * layout.dtype.itemsize
     if step < row_bytes or step % layout.dtype.itemsize:
         raise InputError(
@@ -92,18 +94,21 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
 
 
 def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage (JPEG, PNG, any format OpenCV reads) to RGB."""
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to RGB with ``lens_model.image_io.decode_image``:
+    the size is checked against the pixel budget from the header, truncated data is refused.
+
+    The EXIF orientation tag is ignored: the pixels keep the camera's grid, as in a raw Image and
+    its camera_info, so masks and boxes are in the same frame whichever transport carried them.
+    """
     fmt = str(msg.format)
     if "compressedDepth" in fmt:
         raise InputError(
             f"compressed image format {fmt!r} (compressedDepth) is not supported; publish raw 16UC1 instead")
     data = as_uint8_buffer(msg.data)
-    if data.size == 0:
-        raise InputError("compressed image has no data")
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise InputError(f"cannot decode compressed image (format {fmt!r}, {data.size} bytes)")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    try:
+        return decode_image(data, apply_exif_orientation=False)
+    except InputError as exc:
+        raise InputError(f"cannot decode compressed image (format {fmt!r}, {data.size} bytes): {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""Output files written so that a failed run leaves the output folder as it was."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from lens_model.errors import InputError
+from lens_model.image_io import display_path
+
+
+class StagedOutputs:
+    """Files for ``folder``, staged in a hidden folder inside it and renamed into place by :meth:`commit`.
+
+    Each file is written, flushed to disk and read back; a write error or a file that does not read
+    back byte for byte (a full disk can leave a 0-byte file with no error from some writers) raises
+    ``OSError``. Nothing in ``folder`` changes before :meth:`commit`, which renames the checked files
+    over the previous ones (``os.replace``, atomic for each file: the staging folder is on the same
+    file system). The staging folder is removed on leaving the ``with`` block, whatever happened.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._staging: Path | None = None
+        self._names: list[str] = []
+
+    def __enter__(self) -> StagedOutputs:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {display_path(self.folder)}: {exc.strerror}") from None
+        try:
+            self._staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.folder))
+        except OSError as exc:
+            raise InputError(f"cannot write into output folder {display_path(self.folder)}: {exc.strerror}") from None
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self._staging / name
+        try:
+            write_durably(path, data)
+            written = path.read_bytes()
+        except OSError as exc:
+            raise OSError(f"could not write {display_path(self.folder / name)}: {exc.strerror or exc}") from exc
+        if written != data:
+            raise OSError(f"could not write {display_path(self.folder / name)}: {len(written)} of {len(data)} "
+                          "bytes read back (is the disk full?)")
+        self._names.append(name)
+
+    def commit(self) -> None:
+        for name in self._names:
+            os.replace(self._staging / name, self.folder / name)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write and fsync, so that a full disk fails here rather than after the rename."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
