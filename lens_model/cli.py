@@ -85,15 +85,17 @@ def _run(args: argparse.Namespace) -> int:
 
     from lens_model.prompts import clean_query
 
+    from lens_model.hub import load_model, resolve_device, resolve_dtype
+
     query = clean_query(args.query, max_chars=2000)
     image = read_image_file(args.image, apply_exif_orientation=True)
+    dtype = resolve_dtype(args.dtype, resolve_device(args.device))
     with StagedOutputs(Path(args.out)) as outputs:  # an unusable --out fails here, before the model loads
-        from lens_model.hub import load_model
         from lens_model.visualize import draw_overlay
 
         print(f"Loading model {args.model} on {args.device}...", file=sys.stderr)
         start = time.perf_counter()
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        model = load_model(args.model, device=args.device, dtype=dtype)
         print(f"Model ready in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
         if model.config.random_weights:
             print("WARNING: this model has RANDOM weights (a smoke-test model); its masks and answers are meaningless.",

@@ -1,6 +1,7 @@
 """Output files written so that a failed run leaves the output folder as it was."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,15 +19,19 @@ class StagedOutputs:
     back byte for byte (a full disk can leave a 0-byte file with no error from some writers) raises
     ``OSError``. Nothing in ``folder`` changes before :meth:`commit`, which renames the checked files
     over the previous ones (``os.replace``, atomic for each file: the staging folder is on the same
-    file system). The staging folder is removed on leaving the ``with`` block, whatever happened.
+    file system). The staging folder is removed on leaving the ``with`` block, whatever happened,
+    and so is ``folder`` itself if this run created it and committed nothing.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._staging: Path | None = None
         self._names: list[str] = []
+        self._created = False
+        self._committed = False
 
     def __enter__(self) -> StagedOutputs:
+        self._created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -40,6 +45,9 @@ class StagedOutputs:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         shutil.rmtree(self._staging, ignore_errors=True)
+        if self._created and not self._committed:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
 
     def write(self, name: str, data: bytes) -> None:
         path = self._staging / name
@@ -54,6 +62,7 @@ class StagedOutputs:
         self._names.append(name)
 
     def commit(self) -> None:
+        self._committed = True
         for name in self._names:
             os.replace(self._staging / name, self.folder / name)
 
