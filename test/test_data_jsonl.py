@@ -36,8 +36,7 @@ def robot_data(tmp_path: Path) -> Path:
     _png(tmp_path / "masks" / "empty.png", np.zeros((HEIGHT, WIDTH), np.uint8))
     _png(tmp_path / "masks" / "small.png", np.ones((HEIGHT - 1, WIDTH), np.uint8))
     (tmp_path / "frames" / "corrupt.png").write_bytes(b"\x89PNG broken")
-    absolute = tmp_path / "elsewhere" / "0002.png"
-    _png(absolute, np.full((HEIGHT, WIDTH, 3), 200, np.uint8))
+    _png(tmp_path / "elsewhere" / "0002.png", np.full((HEIGHT, WIDTH, 3), 200, np.uint8))
     lines = [
         {
             "id": "cup",
@@ -49,7 +48,7 @@ def robot_data(tmp_path: Path) -> Path:
             "meta": {"scene": "kitchen", "dark": False},
         },
         {
-            "image": str(absolute),
+            "image": "elsewhere/0002.png",
             "text": "the gripper",
             "mask": mask_to_rle(target),
             "box": [9, 4, 21, 16],
@@ -91,7 +90,7 @@ def test_png_and_rle_masks_texts_reasoning_and_ignore(robot_data: Path) -> None:
         (9.0, 4.0, 21.0, 16.0),
         None,
     )
-    assert third.image[0, 0, 0] == 200 and third.sample_id == "2:0"  # absolute path; line number as id
+    assert third.image[0, 0, 0] == 200 and third.sample_id == "2:0"  # line number as id
 
 
 def test_broken_lines_are_skipped_and_counted(robot_data: Path) -> None:
