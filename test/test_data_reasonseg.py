@@ -114,3 +114,23 @@ def test_broken_files_are_skipped_and_counted(reasonseg_root: Path) -> None:
 def test_missing_split_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ReasonSeg"):
         load_dataset("reasonseg", tmp_path, "test")
+
+
+def test_hostile_files_are_skipped_and_counted(tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    good = {"text": ["x"], "shapes": [_shape("target", 1, 1, 5, 5)]}
+    _write(val, "a_good", good)
+    _write(val, "b_deep", "[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    _write(val, "c_huge_coordinate", '{"text": ["x"], "shapes": [{"label": "t", "points": [[1, 1], [5, 1], [5, 1'
+           + "0" * 400 + "]]}]}")  # a 401-digit JSON integer: OverflowError in float()
+    _write(val, "d_deep_label", {**good, "shapes": [{**_shape("target", 1, 1, 5, 5), "label": [[["target"]]]}]})
+    (tmp_path / "outside.json").write_text(json.dumps(good))
+    (val / "e_escaping.json").symlink_to(tmp_path / "outside.json")
+    Image.fromarray(np.zeros((HEIGHT, WIDTH, 3), np.uint8)).save(val / "e_escaping.jpg")
+    _write(val, "f_image_escapes", good, image=False)
+    (val / "f_image_escapes.jpg").symlink_to(val / "a_good.jpg")  # inside: fine
+    _write(val, "g_image_escapes", good, image=False)
+    (val / "g_image_escapes.png").symlink_to("/proc/self/mem")
+    dataset = ReasonSegDataset(val)
+    assert sorted(t.ref_id for t in dataset.targets) == ["a_good", "d_deep_label", "f_image_escapes"]
+    assert dataset.skips.counts == {"malformed json": 1, "bad polygon": 1, "path outside the dataset": 2}
