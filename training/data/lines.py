@@ -46,7 +46,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def error_line(error: Exception) -> str:
-    """The first line of an error's message, for reading a JSON file, at most 200 characters."""
+    """The first line (at most 200 characters) of the message of an error met while parsing a file."""
     if isinstance(error, RecursionError):
         return "nested too deeply"
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__

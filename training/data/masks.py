@@ -83,6 +83,8 @@ def parse_polygon(value: Any) -> tuple[float, ...]:
 def parse_polygons(value: Any) -> Polygons:
     """COCO polygon list. Polygons with fewer than three vertices have no area and are dropped
     (pycocotools would otherwise read a 4-number polygon as a box)."""
+    if not isinstance(value, list):
+        raise BrokenEntry("bad polygon", f"expected a list of polygons, got {brief(value)}")
     polygons = tuple(p for p in (parse_polygon(v) for v in value) if len(p) >= 6)
     if not polygons:
         raise BrokenEntry("bad polygon", "no polygon with at least three vertices")

@@ -18,6 +18,8 @@ import pickle
 from pathlib import Path
 from typing import Any, NoReturn
 
+from training.data.lines import error_line
+
 _ALLOWED_GLOBALS = {
     ("builtins", "set"),
     ("builtins", "frozenset"),
@@ -52,4 +54,4 @@ def load_plain_pickle(path: Path) -> Any:
     try:
         return PlainDataUnpickler(io.BytesIO(data), encoding="utf-8", errors="replace").load()
     except Exception as error:  # the unpickler runs the file's opcodes: any failure means a bad file
-        raise NotPlainData(f"{path}: {type(error).__name__}: {str(error)[:200]}") from None
+        raise NotPlainData(f"{path}: {type(error).__name__}: {error_line(error)}") from None
