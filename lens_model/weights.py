@@ -33,21 +33,6 @@ def save_state_dict(state: dict[str, torch.Tensor], directory: str | Path, max_s
     save_torch_state_dict(tensors, directory, max_shard_size=max_shard_size)
 
 
-def weight_files(directory: str | Path) -> list[Path]:
-    directory = Path(directory)
-    index = directory / INDEX_FILE
-    if index.is_file():
-        files = [directory / shard for shard in _shard_names(index)]
-    elif (directory / SINGLE_FILE).is_file():
-        files = [directory / SINGLE_FILE]
-    else:
-        raise CheckpointFormatError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
-    missing = [f.name for f in files if not _is_regular_file(f)]
-    if missing:
-        raise CheckpointFormatError(f"weight shards missing (or not regular files) in {directory}: {_names(missing)}")
-    return files
-
-
 def _is_regular_file(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.stat(path).st_mode)  # follows symlinks: /dev/zero or a FIFO is refused
@@ -76,6 +61,21 @@ def _shard_names(index: Path) -> list[str]:
 def _names(names: list[str]) -> str:
     """A few of ``names``, each cut short: they come from an untrusted file."""
     return ", ".join(repr(name[:80]) for name in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    index = directory / INDEX_FILE
+    if index.is_file():
+        files = [directory / shard for shard in _shard_names(index)]
+    elif (directory / SINGLE_FILE).is_file():
+        files = [directory / SINGLE_FILE]
+    else:
+        raise CheckpointFormatError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
+    missing = [f.name for f in files if not _is_regular_file(f)]
+    if missing:
+        raise CheckpointFormatError(f"weight shards missing (or not regular files) in {directory}: {_names(missing)}")
+    return files
 
 
 def checkpoint_keys(directory: str | Path) -> list[str]:
