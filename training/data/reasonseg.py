@@ -75,15 +75,24 @@ class ReasonSegDataset(TargetDataset[tuple[LabelledPolygon, ...]]):
 def label_map(polygons: tuple[LabelledPolygon, ...], height: int, width: int) -> np.ndarray:
     """0 background, TARGET, IGNORE; larger polygons first so smaller ones paint over them."""
     vertices = [np.asarray(p.points).reshape(-1, 2).astype(np.int32) for p in polygons]
-    areas = []
-    for points in vertices:
-        canvas = np.zeros((height, width), dtype=np.uint8)
-        _paint(canvas, points, 1)
-        areas.append(int(canvas.sum()))
+    areas = [painted_area(points, height, width) for points in vertices]
     labels = np.zeros((height, width), dtype=np.uint8)
     for index in np.argsort(areas, kind="stable")[::-1]:
         _paint(labels, vertices[index], polygons[index].value)
     return labels
+
+
+def painted_area(points: np.ndarray, height: int, width: int) -> int:
+    """The pixels ``_paint`` sets on a height x width canvas, counted on a canvas cut to the polygon's
+    bounding box (drawing is translation-invariant and never leaves that box), so the cost follows
+    the polygon's size rather than the image's."""
+    x0, y0 = np.maximum(points.min(axis=0), 0)
+    x1, y1 = np.minimum(points.max(axis=0) + 1, (width, height))
+    if x1 <= x0 or y1 <= y0:
+        return 0
+    canvas = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    _paint(canvas, (points - (x0, y0)).astype(np.int32), 1)
+    return int(canvas.sum())
 
 
 def _paint(canvas: np.ndarray, points: np.ndarray, value: int) -> None:
