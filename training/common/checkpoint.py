@@ -139,8 +139,15 @@ class CheckpointManager:
         if resume == "never":
             return None
         if resume == "auto":
-            found = self._newest_intact() if distributed.is_main() else None
-            path = distributed.broadcast_object(found)
+            found: tuple[Path | None, str | None] = (None, None)
+            if distributed.is_main():
+                try:
+                    found = (self._newest_intact(), None)
+                except NoIntactCheckpoint as error:  # raised on every rank, or the others would wait forever
+                    found = (None, str(error))
+            path, failure = distributed.broadcast_object(found)
+            if failure is not None:
+                raise NoIntactCheckpoint(failure)
         else:
             path = Path(resume)
         if path is None:
@@ -175,7 +182,7 @@ class CheckpointManager:
                 return self.root / name
             damaged.append(f"{name} is damaged: {problem}")
         raise NoIntactCheckpoint(f"no intact checkpoint in {self.root} ({'; '.join(damaged)}); "
-                                 "remove it or set checkpoint.resume=never to start over")
+                                 "delete the checkpoints or set checkpoint.resume=never to start over")
 
     def _publish(self, name: str) -> None:
         pointer_tmp = self.root / f"{LATEST_NAME}.tmp"
