@@ -19,7 +19,7 @@ from training.data.skips import BrokenEntry
 OUTSIDE = "path outside the dataset"
 
 
-def check_relative(name: object) -> str:
+def _check_relative(name: object) -> str:
     """``name`` if it is a non-empty relative path without ``..``; ``BrokenEntry`` otherwise."""
     if not isinstance(name, str) or not name:
         raise BrokenEntry("missing field", f"expected a relative file path, got {brief(name)}")
@@ -32,7 +32,7 @@ def check_relative(name: object) -> str:
 def contained_file(root: Path, name: object, missing: str) -> Path:
     """``root / name`` for a regular file that stays inside ``root`` (already resolved, see
     ``Path.resolve``); a missing file raises ``BrokenEntry(missing)``."""
-    path = root / check_relative(name)
+    path = root / _check_relative(name)
     try:
         resolved = path.resolve(strict=True)
         mode = resolved.stat().st_mode
