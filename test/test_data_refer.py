@@ -280,7 +280,7 @@ def test_a_corrupt_refs_pickle_is_a_one_line_error(refcoco_root: Path, content: 
 @pytest.mark.parametrize(
     "content,expected",
     [
-        # LONG_BINPUT 2**28: the C unpickler zero-fills a memo table of 2 GiB for it.
+        # LONG_BINPUT 2**28: the C unpickler zero-fills a memo table of 2**29 pointers (4 GiB) for it.
         (b"\x80\x02]r\x00\x00\x00\x10.", "[]"),
         # BYTEARRAY8 of 8 GiB: a zero-filled buffer of the declared size.
         (b"\x80\x05\x96" + (2**33).to_bytes(8, "little") + b".", "NotPlainData"),

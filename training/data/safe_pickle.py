@@ -5,10 +5,10 @@ This one resolves no global at all except the two builtin containers that need o
 lists, dicts, tuples, strings and numbers are pickle opcodes and need no global.
 
 It is also built on Python's pure-Python unpickler, whose memory stays proportional to the file:
-the C unpickler (``pickle.Unpickler``) sizes its memo table by the largest index the file names and
-zero-fills it, so 20 bytes naming index 2**32 make it allocate 32 GiB. The pure-Python one keeps
-the memo in a dict; its only up-front allocation, the zero-filled buffer of a ``bytearray``
-(never plain data in these files), is refused.
+the C unpickler (``pickle.Unpickler``) sizes its memo table at twice the largest index the file
+names and zero-fills it, so a 9-byte file naming index 2**32 - 1 makes it allocate and fill 64 GiB.
+The pure-Python one keeps the memo in a dict; its only up-front allocation, the zero-filled buffer
+of a ``bytearray`` (never plain data in these files), is refused.
 """
 
 from __future__ import annotations
