@@ -2,10 +2,10 @@
 
     python -m benchmarks.train_infra_bench [--out results.json] [--params-millions 25]
 
-Measures: atomic checkpoint save (with fsync) and load for a model of the given trainable size, the
-per-step overhead of the torch engine (accumulation + clipping + schedule) over a bare AdamW loop,
-the GRPO loss forward+backward at LENS stage-2 shapes, and the rewards of one completion at a
-1024x1024 mask. Prints one JSON object.
+Measures: atomic checkpoint save (with fsync), the integrity check a resume runs first, and load for
+a model of the given trainable size, the per-step overhead of the torch engine (accumulation +
+clipping + schedule) over a bare AdamW loop, the GRPO loss forward+backward at LENS stage-2 shapes,
+and the rewards of one completion at a 1024x1024 mask. Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torch import nn
 from lens_model.answer_parser import parse_answer
 from training.common.checkpoint import CheckpointManager, TrainerState
 from training.common.engine import build_engine
+from training.common.integrity import damage
 from training.common.schema import EngineConfig
 from training.grpo.objective import group_advantages, grpo_loss
 from training.grpo.rewards import reward_components
@@ -57,11 +58,13 @@ def bench_checkpoint(params_millions: float) -> dict[str, object]:
         save = timed(lambda: manager.save(engine, TrainerState(global_step=next(step))), repeats=3)
         latest = manager.latest()
         size = sum(f.stat().st_size for f in latest.iterdir())
+        resume_check = timed(lambda: damage(latest, "trainer_state.json"), repeats=3)
         load = timed(lambda: manager.load(engine, latest), repeats=3)
     return {
         "trainable_params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
         "checkpoint_mb": size / 2**20,
         "save": save,
+        "resume_check": resume_check,
         "load": load,
     }
 

@@ -21,16 +21,17 @@ from lens_model.result import Box
 _SPECIAL_TOKENS = re.compile(r"<\|(?:im_end|im_start|endoftext|box_start|box_end|object_ref_start|object_ref_end)\|>")
 _THINK = re.compile(r"<think>(.*?)(?:</think>|(?=<answer>)|\Z)", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
-_STRICT_REASONING = re.compile(r"\A\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*\Z", re.DOTALL)
+_THINK_TO_ANSWER = re.compile(r"</think>\s*<answer>")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|\Z)", re.DOTALL)
 _NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
 # The bracket forms the authors' regex accepted, tried in this order.
 _REGEX_BOXES = (
     re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]"),
     re.compile(r"\(" + ",".join([_NUM] * 4) + r"\)"),
-    re.compile(r"\(" + _NUM + "," + _NUM + r"\)\s*,?\s*\(" + _NUM + "," + _NUM + r"\)"),
+    re.compile(r"\(" + _NUM + "," + _NUM + r"\)\s*(?:,\s*)?\(" + _NUM + "," + _NUM + r"\)"),
 )
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d")
+_CLOSING = {"[": "]", "{": "}"}
 MAX_PARSE_CHARS = 20_000
 
 
@@ -62,7 +63,7 @@ def parse_answer(text: str) -> ParsedAnswer:
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     text = _SPECIAL_TOKENS.sub("", text[:MAX_PARSE_CHARS]).strip()
-    strict = _STRICT_REASONING.match(text)
+    strict = _strict_reasoning_format(text)
     think_match = _THINK.search(text)
     answer_match = _ANSWER.search(text)
     reasoning = think_match.group(1).strip() if think_match else ""
@@ -80,7 +81,7 @@ def parse_answer(text: str) -> ParsedAnswer:
         labels = [None] * len(boxes)
     if not boxes:
         status = "no box in answer" if answer_text else "empty answer"
-        return ParsedAnswer(reasoning, answer_text, None, None, status, 0, bool(strict), bool(strict), False)
+        return ParsedAnswer(reasoning, answer_text, None, None, status, 0, strict, strict, False)
     index, box, status = _first_valid(boxes)
     label = labels[index] if box is not None else None
     return ParsedAnswer(
@@ -90,10 +91,20 @@ def parse_answer(text: str) -> ParsedAnswer:
         label=label,
         status=status,
         num_boxes=len(boxes),
-        has_think_tags=strict is not None,
-        has_answer_tags=strict is not None,
+        has_think_tags=strict,
+        has_answer_tags=strict,
         json_ok=json_ok,
     )
+
+
+def _strict_reasoning_format(text: str) -> bool:
+    """Whether stripped ``text`` is exactly ``<think>R</think> <answer>A</answer>`` with non-empty R and A
+    (whitespace allowed between the two parts), checked in linear time."""
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return False
+    # The first "</think>" after a non-empty R also leaves the most room for A.
+    middle = _THINK_TO_ANSWER.search(text, len("<think>") + 1)
+    return middle is not None and middle.end() < len(text) - len("</answer>")
 
 
 def clip_box(box: Box, width: float, height: float) -> Box | None:
@@ -144,46 +155,54 @@ def _boxes_from_json(answer: str) -> tuple[list[Box], list[str | None], bool]:
 
 
 def _json_fragments(text: str) -> list[str]:
-    """Balanced ``[...]``/``{...}`` substrings, outermost first, found by bracket matching."""
+    """Balanced ``[...]``/``{...}`` substrings, outermost first, in one linear pass.
+
+    Each fragment starts at the first bracket, after the previous fragment, whose scan (a fresh one,
+    outside any string) closes it; a bracket that never closes is skipped, and its successor tried.
+    """
     fragments: list[str] = []
-    pairs = {"[": "]", "{": "}"}
+    closes = _closing_positions(text)
     i = 0
     while i < len(text) and len(fragments) < 32:
-        if text[i] in pairs:
-            end = _matching_bracket(text, i)
-            if end is not None:
-                fragments.append(text[i : end + 1])
-                i = end + 1
-                continue
-        i += 1
+        end = closes[i]
+        if end >= 0:
+            fragments.append(text[i : end + 1])
+            i = end + 1
+        else:
+            i += 1
     return fragments
 
 
-def _matching_bracket(text: str, start: int) -> int | None:
-    stack: list[str] = []
-    in_string = False
-    escaped = False
-    closing = {"[": "]", "{": "}"}
-    for j in range(start, len(text)):
-        ch = text[j]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-            continue
+def _closing_positions(text: str) -> list[int]:
+    """For each ``[`` or ``{``, the position of the bracket that closes it when a scan starts there
+    outside any string (quotes open strings, backslashes escape inside them); -1 if a mismatched
+    bracket or the end of the text comes first, and for every other character.
+
+    Filled right to left, so every lookup is O(1): ``depth0[p]`` is the first closing bracket a scan
+    meets from ``p`` at its starting depth (nested pairs and strings skipped), -1 if the scan fails
+    first; ``quote_end[p]`` is the quote that ends a string whose contents start at ``p``.
+    """
+    n = len(text)
+    closes = [-1] * (n + 2)
+    depth0 = [-1] * (n + 2)
+    quote_end = [-1] * (n + 2)
+    for p in range(n - 1, -1, -1):
+        ch = text[p]
         if ch == '"':
-            in_string = True
-        elif ch in closing:
-            stack.append(closing[ch])
-        elif ch in "]}":
-            if not stack or stack.pop() != ch:
-                return None
-            if not stack:
-                return j
-    return None
+            quote_end[p] = p
+            end = quote_end[p + 1]
+            depth0[p] = depth0[end + 1] if end >= 0 else -1
+        else:
+            quote_end[p] = quote_end[p + 2] if ch == "\\" else quote_end[p + 1]
+            if ch in _CLOSING:
+                first = depth0[p + 1]
+                closes[p] = first if first >= 0 and text[first] == _CLOSING[ch] else -1
+                depth0[p] = depth0[closes[p] + 1] if closes[p] >= 0 else -1
+            elif ch in "]}":
+                depth0[p] = p
+            else:
+                depth0[p] = depth0[p + 1]
+    return closes
 
 
 def _collect_boxes(data: object, depth: int = 0) -> tuple[list[Box], list[str | None]]:

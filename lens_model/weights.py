@@ -1,9 +1,17 @@
-"""Reading and writing LENS weight files (safetensors only; sharded with an index above 5 GB)."""
+"""Reading and writing LENS weight files (safetensors only; sharded with an index above 5 GB).
+
+A model folder is untrusted. Every shard its index names must be a relative path inside the folder
+(no ``..``, not absolute) and a regular file; symlinks are followed, because the Hugging Face cache
+stores each file of a snapshot as a symlink into its ``blobs`` folder. An index that is not valid
+JSON, larger than ``MAX_INDEX_BYTES``, or not a ``weight_map`` of strings is a ``CheckpointFormatError``.
+"""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import torch
@@ -15,6 +23,8 @@ from lens_model.errors import CheckpointFormatError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# A 70B model's index is about 100 kB; anything this large is not an index.
+MAX_INDEX_BYTES = 16 * 2**20
 
 
 def save_state_dict(state: dict[str, torch.Tensor], directory: str | Path, max_shard_size: str = "5GB") -> None:
@@ -23,19 +33,48 @@ def save_state_dict(state: dict[str, torch.Tensor], directory: str | Path, max_s
     save_torch_state_dict(tensors, directory, max_shard_size=max_shard_size)
 
 
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # follows symlinks: /dev/zero or a FIFO is refused
+    except (OSError, ValueError):  # absent, a symlink loop, a NUL in the name
+        return False
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The distinct shard file names an index's ``weight_map`` names, each checked to stay in its folder."""
+    if index.stat().st_size > MAX_INDEX_BYTES:
+        raise CheckpointFormatError(f"{index} is over {MAX_INDEX_BYTES // 2**20} MiB, too large for an index")
+    try:
+        content = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON, or nested too deeply
+        raise CheckpointFormatError(f"{index} is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointFormatError(f"{index} has no 'weight_map' of tensor names to file names")
+    shards = sorted(set(weight_map.values()))
+    outside = [s for s in shards if not s or PurePosixPath(s).is_absolute() or ".." in PurePosixPath(s).parts]
+    if outside:
+        raise CheckpointFormatError(f"{index} names files outside its folder: {_names(outside)}")
+    return shards
+
+
+def _names(names: list[str]) -> str:
+    """A few of ``names``, each cut short: they come from an untrusted file."""
+    return ", ".join(repr(name[:80]) for name in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
 def weight_files(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        files = [directory / s for s in shards]
+        files = [directory / shard for shard in _shard_names(index)]
     elif (directory / SINGLE_FILE).is_file():
         files = [directory / SINGLE_FILE]
     else:
         raise CheckpointFormatError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
-    missing = [f.name for f in files if not f.is_file()]
+    missing = [f.name for f in files if not _is_regular_file(f)]
     if missing:
-        raise CheckpointFormatError(f"weight shards missing in {directory}: {missing}")
+        raise CheckpointFormatError(f"weight shards missing (or not regular files) in {directory}: {_names(missing)}")
     return files
 
 

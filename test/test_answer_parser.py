@@ -1,10 +1,14 @@
 """The answer parser never raises on model text and extracts boxes from every format seen in practice."""
+import json
 import math
+import re
+import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from lens_model import answer_parser
 from lens_model.answer_parser import clip_box, map_box, parse_answer
 
 REASONING = '<think>Two circles; the red one is left.</think><answer>[{"bbox_2d": [10, 20, 50, 60], "label": "red circle"}]</answer>'
@@ -114,3 +118,107 @@ def test_clip_box_stays_inside(box, w, h):
     clipped = clip_box(box, w, h)
     if clipped is not None:
         assert 0 <= clipped[0] < clipped[2] <= w and 0 <= clipped[1] < clipped[3] <= h
+
+
+# Inputs whose bracket scan was quadratic (about 24 s together before the linear scan; ~0.1 s after).
+PATHOLOGICAL = ("[" * 200_000, '{"bbox_2d": [' * 20_000, '["' * 100_000, "(1,1)" + " " * 30_000 + "x",
+                "<think>" + "</think><answer>" * 2_000)
+
+
+def test_pathological_answers_parse_in_linear_time():
+    start = time.perf_counter()
+    for text in PATHOLOGICAL:
+        assert parse_answer(text).box is None
+    assert time.perf_counter() - start < 2.0  # generous: only a quadratic scan comes near it
+
+
+def old_json_fragments(text: str) -> list[str]:
+    """The quadratic scan the linear one replaced, kept to check that they agree."""
+    fragments: list[str] = []
+    i = 0
+    while i < len(text) and len(fragments) < 32:
+        if text[i] in "[{":
+            end = old_matching_bracket(text, i)
+            if end is not None:
+                fragments.append(text[i : end + 1])
+                i = end + 1
+                continue
+        i += 1
+    return fragments
+
+
+def old_matching_bracket(text: str, start: int) -> int | None:
+    stack: list[str] = []
+    in_string = escaped = False
+    for j in range(start, len(text)):
+        ch = text[j]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append("]" if ch == "[" else "}")
+        elif ch in "]}":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return j
+    return None
+
+
+def joined(pieces: list[str], max_size: int) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(pieces), max_size=max_size).map("".join)
+
+
+@given(joined(["[", "]", "{", "}", '"', "\\", '\\"', "\\\\", " ", ",", "1", "x"], 60))
+@settings(max_examples=800, deadline=None, derandomize=True)
+def test_linear_bracket_scan_finds_the_same_fragments_as_the_old_one(text):
+    assert answer_parser._json_fragments(text) == old_json_fragments(text)
+
+
+OLD_STRICT = re.compile(r"\A\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*\Z", re.DOTALL)
+
+
+tagged = st.tuples(st.sampled_from(["<think>", " <think>", ""]),
+                   joined(["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "<"], 8),
+                   st.sampled_from(["</answer>", "</answer>\n", ""])).map("".join)
+
+
+@given(tagged)
+@example("<think></think><answer>x</answer>")
+@example("<think>x</think><answer></answer>")
+@settings(max_examples=800, deadline=None, derandomize=True)
+def test_strict_format_check_agrees_with_the_old_regex(text):
+    assert answer_parser._strict_reasoning_format(text.strip()) == bool(OLD_STRICT.match(text.strip()))
+
+
+OLD_PAIR_FORM = re.compile(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)\s*,?\s*\("
+                           r"\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
+
+
+@given(joined(["(1,2)", "(3, 4)", " ", ",", "(", ")", "5", "x"], 16))
+@settings(max_examples=500, deadline=None, derandomize=True)
+def test_point_pair_regex_agrees_with_the_old_one(text):
+    pair_form = answer_parser._REGEX_BOXES[2]
+    assert [m.span() for m in pair_form.finditer(text)] == [m.span() for m in OLD_PAIR_FORM.finditer(text)]
+    assert pair_form.findall(text) == OLD_PAIR_FORM.findall(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.sampled_from(["bbox_2d", "label", "x"]), children, max_size=3),
+    max_leaves=20,
+)
+
+
+@given(json_values, st.integers(min_value=0, max_value=200), st.sampled_from(["", "<answer>", "<think>t</think><answer>", "```json\n"]))
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_never_raises_on_json_like_answers_cut_anywhere(value, cut, prefix):
+    parsed = parse_answer(prefix + json.dumps(value)[:cut])
+    assert parsed.box is None or all(math.isfinite(v) for v in parsed.box)

@@ -109,3 +109,20 @@ def test_paths_can_be_overridden_and_split_is_checked(gs_root: Path, tmp_path: P
     assert len(list(dataset)) == 2
     with pytest.raises(ValueError, match="single split"):
         load_dataset("groundingsuite", gs_root, "train")
+
+
+def test_image_paths_stay_inside_the_image_root(gs_root: Path) -> None:
+    good = {"idx": 0, "box": [3, 2, 9, 6], "segmentation": mask_to_rle(_mask(slice(2, 6), slice(3, 9))), "caption": "x"}
+    (gs_root / "secret.jpg").write_bytes((gs_root / "coco" / "unlabeled2017" / "000000000001.jpg").read_bytes())
+    lines = [
+        {**good, "image_path": "../../secret.jpg"},  # not retried as "secret.jpg" in the root
+        {**good, "image_path": str(gs_root / "coco" / "unlabeled2017" / "000000000001.jpg")},
+        {**good, "image_path": "unlabeled2017/000000000001.jpg", "idx": {"a": 1}},
+        {**good, "image_path": "unlabeled2017/000000000001.jpg", "box": [0, 0, 10**400, 5]},
+        {**good, "image_path": "unlabeled2017/000000000001.jpg"},
+    ]
+    jsonl = gs_root / "groundingsuite" / "GroundingSuite-Eval.jsonl"
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines))
+    dataset = load_dataset("groundingsuite", gs_root)
+    assert len(list(dataset)) == 1
+    assert dataset.skips.counts == {"path outside the dataset": 2, "bad id": 1, "bad box": 1}

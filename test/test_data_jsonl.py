@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,7 @@ def robot_data(tmp_path: Path) -> Path:
     _png(tmp_path / "masks" / "empty.png", np.zeros((HEIGHT, WIDTH), np.uint8))
     _png(tmp_path / "masks" / "small.png", np.ones((HEIGHT - 1, WIDTH), np.uint8))
     (tmp_path / "frames" / "corrupt.png").write_bytes(b"\x89PNG broken")
-    absolute = tmp_path / "elsewhere" / "0002.png"
-    _png(absolute, np.full((HEIGHT, WIDTH, 3), 200, np.uint8))
+    _png(tmp_path / "elsewhere" / "0002.png", np.full((HEIGHT, WIDTH, 3), 200, np.uint8))
     lines = [
         {
             "id": "cup",
@@ -49,7 +49,7 @@ def robot_data(tmp_path: Path) -> Path:
             "meta": {"scene": "kitchen", "dark": False},
         },
         {
-            "image": str(absolute),
+            "image": "elsewhere/0002.png",
             "text": "the gripper",
             "mask": mask_to_rle(target),
             "box": [9, 4, 21, 16],
@@ -91,7 +91,7 @@ def test_png_and_rle_masks_texts_reasoning_and_ignore(robot_data: Path) -> None:
         (9.0, 4.0, 21.0, 16.0),
         None,
     )
-    assert third.image[0, 0, 0] == 200 and third.sample_id == "2:0"  # absolute path; line number as id
+    assert third.image[0, 0, 0] == 200 and third.sample_id == "2:0"  # line number as id
 
 
 def test_broken_lines_are_skipped_and_counted(robot_data: Path) -> None:
@@ -153,3 +153,54 @@ def test_groundingsuite_and_reasonseg_exports_load_back(synthetic_samples: list[
     for copy in loaded:
         intersection, union = mask_iou(copy.mask, by_text[copy.text + copy.ref_id].mask)
         assert intersection / union > 0.99  # outer contours re-filled by the LISA rasteriser
+
+
+def test_paths_must_name_regular_files_inside_the_dataset(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _png(root / "frames" / "0001.png", np.full((HEIGHT, WIDTH, 3), 50, np.uint8))
+    _png(tmp_path / "outside.png", np.full((HEIGHT, WIDTH, 3), 50, np.uint8))
+    (root / "inside_link.png").symlink_to(root / "frames" / "0001.png")
+    (root / "escaping_link.png").symlink_to(tmp_path / "outside.png")
+    (root / "proc_link.png").symlink_to("/proc/self/mem")
+    os.mkfifo(root / "fifo.png")
+    rle = mask_to_rle(np.ones((HEIGHT, WIDTH), bool))
+    images = {
+        "inside_link.png": None,  # a symlink that stays inside is fine
+        str(root / "frames" / "0001.png"): "path outside the dataset",  # absolute, even if inside
+        "../outside.png": "path outside the dataset",
+        "frames/../../outside.png": "path outside the dataset",
+        "escaping_link.png": "path outside the dataset",
+        "proc_link.png": "path outside the dataset",
+        "fifo.png": "not a regular file",  # would block a reader forever
+        "frames": "not a regular file",
+    }
+    lines = [{"image": image, "text": "x", "mask": rle} for image in images]
+    lines += [
+        {"image": "frames/0001.png", "text": "x", "mask": "../outside.png"},
+        {"image": "frames/0001.png", "text": "x", "mask": rle, "ignore": "/proc/self/mem"},
+    ]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    dataset = JsonlDataset(root / "train.jsonl")
+    assert [target.image_id for target in dataset.targets] == ["inside_link.png"]
+    assert dataset.skips.counts == {"path outside the dataset": 7, "not a regular file": 2}
+    assert next(iter(dataset)).image[0, 0, 0] == 50
+
+
+def test_hostile_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    _png(tmp_path / "frame.png", np.full((HEIGHT, WIDTH, 3), 50, np.uint8))
+    good = {"image": "frame.png", "text": "x", "mask": mask_to_rle(np.ones((HEIGHT, WIDTH), bool))}
+    lines = [
+        "[" * 100_000,  # RecursionError in json
+        '{"id": ' + "7" * 5000 + "}",  # past Python's integer digit limit
+        json.dumps({**good, "mask": {"size": [HEIGHT, WIDTH], "counts": [2**70]}}),
+        json.dumps({**good, "mask": {"size": [float("inf"), WIDTH], "counts": "0"}}),  # Infinity
+        json.dumps({**good, "box": [0, 0, 10**400, 5]}),  # OverflowError in float()
+        json.dumps({**good, "box": [0, 0, 1e400, 5]}),  # Infinity
+        json.dumps({**good, "mask": {"size": [10**5, 10**5], "counts": [10**10]}}),
+        json.dumps({**good, "id": [[[1]]]}),
+        json.dumps(good),
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines))
+    dataset = JsonlDataset(tmp_path / "train.jsonl")
+    assert len(list(dataset)) == 1
+    assert dataset.skips.counts == {"malformed json line": 2, "bad rle": 2, "bad box": 2, "mask too large": 1, "bad id": 1}

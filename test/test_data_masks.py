@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -180,3 +183,67 @@ def test_read_rgb(tmp_path) -> None:
     (tmp_path / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:600])
     with pytest.raises(BrokenEntry, match="undecodable image"):
         read_rgb(tmp_path / "truncated.jpg")
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        ({"size": [2, 2], "counts": [2**70]}, "bad rle"),  # past int64
+        ({"size": [2, 2], "counts": [2**62, 2**62, 2**62, 2**62 + 4]}, "bad rle"),  # int64 sum wraps to 4
+        ({"size": [float("inf"), 2], "counts": "04"}, "bad rle"),  # JSON's Infinity
+        ({"size": [float("nan"), 2], "counts": "04"}, "bad rle"),
+        ({"size": [10**400, 1], "counts": [1]}, "mask too large"),
+        ({"size": [100_000, 100_000], "counts": [10**10]}, "mask too large"),
+        ({"size": [2, 2], "counts": "4" + "0" * 100}, "bad rle"),  # longer than any 2x2 mask needs
+    ],
+)
+def test_hostile_rle_values_are_broken_entries(value: object, reason: str) -> None:
+    with pytest.raises(BrokenEntry) as error:
+        parse_rle(value)
+    assert error.value.reason == reason
+
+
+def test_hostile_coordinates_are_broken_entries() -> None:
+    for polygon in ([[0, 0, 10**400, 0, 5, 5]], [[0, 0, 1e400, 0, 5, 5]]):
+        with pytest.raises(BrokenEntry, match="bad polygon"):
+            parse_polygons(polygon)
+    for box in ([0, 0, 10**400, 5], [0, 0, 1e400, 5], "1234", {"x": 1}, [[1], 2, 3, 4]):
+        with pytest.raises(BrokenEntry, match="bad box"):
+            parse_box(box)
+        with pytest.raises(BrokenEntry, match="bad box"):
+            xywh_to_xyxy(box)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(BrokenEntry, match="bad polygon"):
+        parse_polygons([deep])  # its message describes the value without recursing through it
+
+
+def test_a_polygon_tracing_too_long_an_outline_is_refused_before_rasterising() -> None:
+    # 20,000 vertices zigzagging across a 640 px wide image: pycocotools would take about 660 MB.
+    zigzag = np.stack([np.tile([0.0, 640.0], 10_000), np.linspace(0, 480, 20_000)], axis=1).ravel()
+    with pytest.raises(BrokenEntry, match="polygon too long"):
+        Polygons((tuple(zigzag),)).to_mask(480, 640)
+    star = (320.0, 0.0, 400.0, 480.0, 0.0, 160.0, 640.0, 160.0, 240.0, 480.0)  # self-crossing, well within the bound
+    assert Polygons((star,)).to_mask(480, 640).any()
+
+
+def _blank_png(path, width: int, height: int) -> None:
+    """A 1-bit PNG of ``width`` x ``height`` black pixels, a few kB however large its size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (height * (1 + (width + 7) // 8)), 9)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_images_and_png_masks_over_the_pixel_budget_are_refused_before_decoding(tmp_path) -> None:
+    _blank_png(tmp_path / "big.png", 10_000, 6_000)  # 60 MP: 180 MB as RGB, 4 kB on disk
+    assert (tmp_path / "big.png").stat().st_size < 100_000
+    with pytest.raises(BrokenEntry, match="image too large"):
+        read_rgb(tmp_path / "big.png")
+    with pytest.raises(BrokenEntry, match="mask too large"):
+        read_png_mask(tmp_path / "big.png")
+    _blank_png(tmp_path / "small.png", 5, 3)
+    assert read_rgb(tmp_path / "small.png").shape == (3, 5, 3)

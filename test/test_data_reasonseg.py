@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from training.data import load_dataset
-from training.data.reasonseg import ReasonSegDataset
+from training.data.reasonseg import ReasonSegDataset, painted_area
 
 HEIGHT, WIDTH = 60, 80
 
@@ -114,3 +117,37 @@ def test_broken_files_are_skipped_and_counted(reasonseg_root: Path) -> None:
 def test_missing_split_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ReasonSeg"):
         load_dataset("reasonseg", tmp_path, "test")
+
+
+def test_hostile_files_are_skipped_and_counted(tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    good = {"text": ["x"], "shapes": [_shape("target", 1, 1, 5, 5)]}
+    _write(val, "a_good", good)
+    _write(val, "b_deep", "[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    _write(val, "c_huge_coordinate", '{"text": ["x"], "shapes": [{"label": "t", "points": [[1, 1], [5, 1], [5, 1'
+           + "0" * 400 + "]]}]}")  # a 401-digit JSON integer: OverflowError in float()
+    _write(val, "d_deep_label", {**good, "shapes": [{**_shape("target", 1, 1, 5, 5), "label": [[["target"]]]}]})
+    (tmp_path / "outside.json").write_text(json.dumps(good))
+    (val / "e_escaping.json").symlink_to(tmp_path / "outside.json")
+    Image.fromarray(np.zeros((HEIGHT, WIDTH, 3), np.uint8)).save(val / "e_escaping.jpg")
+    _write(val, "f_image_escapes", good, image=False)
+    (val / "f_image_escapes.jpg").symlink_to(val / "a_good.jpg")  # inside: fine
+    _write(val, "g_image_escapes", good, image=False)
+    (val / "g_image_escapes.png").symlink_to("/proc/self/mem")
+    dataset = ReasonSegDataset(val)
+    assert sorted(t.ref_id for t in dataset.targets) == ["a_good", "d_deep_label", "f_image_escapes"]
+    assert dataset.skips.counts == {"malformed json": 1, "bad polygon": 1, "path outside the dataset": 2}
+
+
+def _full_canvas_area(points: np.ndarray, height: int, width: int) -> int:
+    canvas = np.zeros((height, width), np.uint8)
+    cv2.polylines(canvas, [points], True, 1, 1)
+    cv2.fillPoly(canvas, [points], 1)
+    return int(canvas.sum())
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(-6, WIDTH + 6), st.integers(-6, HEIGHT + 6)), min_size=3, max_size=9))
+def test_painted_area_on_the_bounding_box_equals_the_full_canvas(vertices: list[tuple[int, int]]) -> None:
+    points = np.asarray(vertices, dtype=np.int32)
+    assert painted_area(points, HEIGHT, WIDTH) == _full_canvas_area(points, HEIGHT, WIDTH)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +198,103 @@ def test_plain_pickles_load_including_python2_strings_and_sets(tmp_path: Path) -
     (tmp_path / "eval.p").write_bytes(pickle.dumps(eval))
     with pytest.raises(pickle.UnpicklingError):
         load_plain_pickle(tmp_path / "eval.p")
+
+
+def _deep(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_hostile_refs_and_annotations_are_skipped_and_counted(refcoco_root: Path) -> None:
+    folder = refcoco_root / "refcoco"
+    instances = json.loads((folder / "instances.json").read_text())
+    triangle = [[1, 1, 4, 1, 4, 4]]
+    instances["annotations"] += [
+        _ann(20, 42, triangle, [0, 0, 10**400, 5]),  # OverflowError in float()
+        _ann(21, 42, {"size": [HEIGHT, WIDTH], "counts": [2**70]}),
+        _ann(22, 42, {"size": [float("inf"), WIDTH], "counts": "0"}),
+        _ann(23, 46, triangle),
+        _ann(24, 47, triangle),
+        _ann(25, 48, triangle),
+        {"id": [25], "segmentation": triangle},  # an unhashable id is left out, not a crash
+    ]
+    instances["images"] += [
+        {"id": 46, "file_name": "../refcoco/instances.json"},
+        {"id": 47, "file_name": "/etc/hostname"},
+        {"id": 48, "file_name": ["not", "a", "name"]},
+    ]
+    (folder / "instances.json").write_text(json.dumps(instances))
+    refs = [_ref(0, 1, 42)] + [_ref(k, k, 42) for k in (20, 21, 22)] + [_ref(k, k, k + 23) for k in (23, 24, 25)]
+    refs += [
+        {**_ref(30, 1, 42), "ann_id": [1]},  # unhashable: TypeError in a dict lookup
+        {**_ref(31, 1, 42), "image_id": {"a": 1}},
+        {**_ref(32, 1, 42), "ref_id": 10**5000},  # str() refuses integers past the digit limit
+        {**_ref(33, 1, 42), "ref_id": "DEEP"},  # replaced below by a list 100,000 levels deep
+        {**_ref(34, 1, 42), "sentences": [{"sent": "x", "sent_id": _deep(50)}]},
+        {**_ref(35, 1, 42), "sentences": 7},
+    ]
+    # pickle.dumps itself recurses, so the deep list is spliced in as opcodes: MARK x N, LIST x N.
+    deep = b"(" * 100_000 + b"l" * 100_000
+    (folder / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2).replace(b"X\x04\x00\x00\x00DEEP", deep))
+    dataset = load_dataset("refcoco", refcoco_root, "testA")
+    assert [s.text for s in dataset] == ["the thing"]
+    assert dataset.skips.counts == {
+        "bad box": 1, "bad rle": 2, "path outside the dataset": 2, "malformed ref": 4, "bad id": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("[" * 100_000, "nested too deeply"),
+        ("[]", "holds a JSON list"),
+        ('{"images": {"id": 1}}', "'images' is a dict"),
+        ('{"annotations": [', "not valid JSON"),
+    ],
+)
+def test_an_unusable_instances_file_is_a_one_line_error(refcoco_root: Path, content: str, message: str) -> None:
+    (refcoco_root / "refcoco" / "instances.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_dataset("refcoco", refcoco_root, "testA")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x80\x02]q\x00(K\x01",  # truncated
+        b"\x80\x02]r\x00\x00\x00\x01a.",  # APPEND onto an int
+        b"garbage",
+        b"",
+    ],
+)
+def test_a_corrupt_refs_pickle_is_a_one_line_error(refcoco_root: Path, content: bytes) -> None:
+    (refcoco_root / "refcoco" / "refs(unc).p").write_bytes(content)
+    with pytest.raises(ValueError, match=r"refs\(unc\)\.p") as error:
+        load_dataset("refcoco", refcoco_root, "testA")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        # LONG_BINPUT 2**28: the C unpickler zero-fills a memo table of 2**29 pointers (4 GiB) for it.
+        (b"\x80\x02]r\x00\x00\x00\x10.", "[]"),
+        # BYTEARRAY8 of 8 GiB: a zero-filled buffer of the declared size.
+        (b"\x80\x05\x96" + (2**33).to_bytes(8, "little") + b".", "NotPlainData"),
+    ],
+)
+def test_a_pickle_cannot_make_the_loader_allocate_more_than_its_size(tmp_path: Path, content: bytes, expected: str) -> None:
+    (tmp_path / "bomb.p").write_bytes(content)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))\n"
+        "from training.data.safe_pickle import load_plain_pickle\n"
+        "try:\n    print(load_plain_pickle(sys.argv[1]))\n"
+        "except ValueError as error:\n    print(type(error).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "bomb.p")], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, expected), result.stderr[-2000:]

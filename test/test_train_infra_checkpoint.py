@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from training.common import checkpoint as checkpoint_module
-from training.common.checkpoint import CheckpointManager, TrainerState
+from training.common.checkpoint import CheckpointManager, NoIntactCheckpoint, TrainerState
 from training.common.config import load_config
 from training.common.engine import build_engine
 from training.common.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -47,7 +48,10 @@ def test_save_layout_and_round_trip(tmp_path):
     path = manager.save(engine, state, cfg)
     assert path == tmp_path / "checkpoints" / "step-2"
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
-    assert sorted(os.listdir(path)) == ["config.yaml", "optimizer.pt", "rng_rank0.pt", "trainable.safetensors", "trainer_state.json"]
+    written = ["config.yaml", "optimizer.pt", "rng_rank0.pt", "trainable.safetensors", "trainer_state.json"]
+    assert sorted(os.listdir(path)) == sorted([*written, "manifest.json"])
+    sizes = json.loads((path / "manifest.json").read_text())["files"]
+    assert sizes == {name: (path / name).stat().st_size for name in written}
     assert json.loads((path / "trainer_state.json").read_text())["data"] == {"seed": 1, "epoch": 3, "position": 8}
 
     expected_params, expected_lr = params(engine), engine.lr
@@ -217,3 +221,81 @@ def test_sampler_shards_across_ranks_and_resumes_with_them():
     assert [list(s) for s in shards] == [r[2:] for r in reads]
     dropped = ResumableSampler(n, seed=1, drop_last=True, rank=0, world_size=world)
     assert dropped.epoch_length == 9 and len(dropped) == 3
+
+
+def _three_checkpoints(tmp_path):
+    engine = make_engine()
+    manager = CheckpointManager(tmp_path)
+    saved = {}
+    for step in (1, 2, 3):
+        train_steps(engine, 1)
+        save_at(manager, engine, step)
+        saved[step] = params(engine)
+    return manager, saved
+
+
+def _overwrite(path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _flip_a_byte_inside(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+DAMAGE = {
+    "a corrupt trainable.safetensors": (lambda step3: _overwrite(step3 / "trainable.safetensors", b"\0" * 300),
+                                        "step-3 is damaged: trainable.safetensors"),
+    "a truncated optimizer.pt": (lambda step3: _truncate(step3 / "optimizer.pt"), "step-3 is damaged: optimizer.pt has"),
+    "a flipped byte in an RNG state": (lambda step3: _flip_a_byte_inside(step3 / "rng_rank0.pt"), "step-3 is damaged: rng_rank0.pt"),
+    "an unparseable trainer_state.json": (lambda step3: _overwrite(step3 / "trainer_state.json", b'{"global_step": 3, "da'),
+                                          "step-3 is damaged: trainer_state.json"),
+    "a deleted manifest.json and trainer_state.json": (
+        lambda step3: [(step3 / name).unlink() for name in ("manifest.json", "trainer_state.json")],
+        "step-3 is damaged: trainer_state.json is missing"),
+    "latest naming a missing directory": (lambda step3: shutil.rmtree(step3), "step-3 is damaged: the directory does not exist"),
+    "latest naming an empty directory": (lambda step3: [shutil.rmtree(step3), step3.mkdir()], "step-3 is damaged: trainer_state.json is missing"),
+    "a garbage latest pointer": (lambda step3: _overwrite(step3.parent / "latest", b"../../etc\n"), "latest names no checkpoint"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, kind):
+    manager, saved = _three_checkpoints(tmp_path)
+    step3 = tmp_path / "checkpoints" / "step-3"
+    spoil, named = DAMAGE[kind]
+    spoil(step3)
+    if kind == "a garbage latest pointer":
+        _overwrite(step3 / "trainable.safetensors", b"")  # step-3 is also damaged: fall back past it
+    fresh = make_engine(seed=7)
+    state = manager.resume(fresh)
+    assert state.global_step == 2 and fresh.global_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(params(fresh), saved[2]))
+    assert "resuming from step-2 instead" in caplog.text and named in caplog.text
+    assert manager.latest().name == "step-2"  # so that the next save of step 3 replaces the damaged one
+    train_steps(fresh, 1)
+    save_at(manager, fresh, 3)
+    assert manager.resume(make_engine()).global_step == 3
+
+
+def test_resume_without_any_intact_checkpoint_is_a_one_line_error(tmp_path):
+    manager, _ = _three_checkpoints(tmp_path)
+    for step in (1, 2, 3):
+        (tmp_path / "checkpoints" / f"step-{step}" / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(NoIntactCheckpoint, match="step-3 is damaged.*step-2 is damaged.*step-1 is damaged") as error:
+        manager.resume(make_engine())
+    assert "\n" not in str(error.value)
+    assert manager.resume(make_engine(), "never") is None
+
+
+def test_unpublished_newer_steps_are_not_resumed_from(tmp_path):
+    manager, saved = _three_checkpoints(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text("step-2\n")  # step-3 was renamed, then the run died
+    fresh = make_engine(seed=7)
+    assert manager.resume(fresh).global_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(params(fresh), saved[2]))

@@ -62,3 +62,15 @@ def test_progress_bar_shows_loss_lr_and_throughput(tmp_path, capsys):
         logger.step(2, {"loss": 0.125}, num_samples=2, lr=3e-5)
     err = capsys.readouterr().err
     assert "2/2" in err and "loss=0.125" in err and "lr=3e-05" in err and "samples/s=" in err
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+    with RunLogger(tmp_path, total_steps=10, every_steps=1, tensorboard=False, progress_bar=False) as logger:
+        for step in range(1, 4):
+            logger.step(step, {"loss": float(step)}, num_samples=1)
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 4, "time": 17')  # the crash hit in the middle of a write
+    with RunLogger(tmp_path, total_steps=10, start_step=3, every_steps=1, tensorboard=False, progress_bar=False) as logger:
+        logger.step(4, {"loss": 40.0}, num_samples=1)
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert "metrics.jsonl:4 is not a metrics record" in caplog.text

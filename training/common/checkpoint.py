@@ -11,11 +11,16 @@ Layout::
             trainer_state.json      global step, data order (sampler seed, epoch, position), extra
             rng_rank{R}.pt          python / numpy / torch (/ CUDA) RNG states of rank R
             config.yaml             the resolved run config
+            manifest.json           size of every other file (see ``integrity``)
 
 A checkpoint is written into ``.tmp-step-N``, every file is fsynced, the directory is renamed to
 ``step-N`` with ``os.replace``, and only then is ``latest`` replaced (write ``latest.tmp`` + rename).
 A crash at any point leaves ``latest`` naming a complete checkpoint; leftovers are removed by the next
 save. ``OUT`` must be on a filesystem all ranks share.
+
+Resuming checks the checkpoint first (``integrity.damage``). If ``latest`` names a missing or damaged
+one, rank 0 warns, naming what is damaged, falls back to the newest older checkpoint that is intact,
+points ``latest`` at it and tells every rank; if none is intact, resuming stops with one line.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from omegaconf import DictConfig
 from training.common import distributed
 from training.common.config import save_config
 from training.common.engine import Engine
+from training.common.integrity import damage, write_manifest
 from training.common.rng import load_rng_state, save_rng_state
 from training.common.sampler import SamplerState
 
@@ -42,6 +48,10 @@ CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
 TRAINER_STATE_NAME = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class NoIntactCheckpoint(RuntimeError):
+    """``latest`` exists but neither it nor any older checkpoint can be resumed from."""
 
 
 @dataclass
@@ -75,14 +85,10 @@ class CheckpointManager:
         return sorted(int(m.group(1)) for m in found if m)
 
     def latest(self) -> Path | None:
-        """The checkpoint ``latest`` names, or None before the first save."""
-        pointer = self.root / LATEST_NAME
-        if not pointer.is_file():
-            return None
-        path = self.root / pointer.read_text(encoding="utf-8").strip()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist")
-        return path
+        """The checkpoint ``latest`` names, or None before the first save (or if it names none that exists)."""
+        name = self._pointer()
+        path = None if name is None else self.root / name
+        return path if path is not None and path.is_dir() else None
 
     def save(self, engine: Engine, state: TrainerState, config: DictConfig | None = None) -> Path:
         """Write a checkpoint for ``state.global_step`` (collective: every rank calls it).
@@ -104,6 +110,7 @@ class CheckpointManager:
         _fsync_tree(tmp)
         distributed.barrier()
         if distributed.is_main():
+            write_manifest(tmp)
             if final.exists():  # a complete but never-published step from a run that crashed; superseded
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -131,11 +138,51 @@ class CheckpointManager:
         "never" loads nothing, anything else is a checkpoint directory that must exist."""
         if resume == "never":
             return None
-        path = self.latest() if resume == "auto" else Path(resume)
+        if resume == "auto":
+            found: tuple[Path | None, str | None] = (None, None)
+            if distributed.is_main():
+                try:
+                    found = (self._newest_intact(), None)
+                except NoIntactCheckpoint as error:  # raised on every rank, or the others would wait forever
+                    found = (None, str(error))
+            path, failure = distributed.broadcast_object(found)
+            if failure is not None:
+                raise NoIntactCheckpoint(failure)
+        else:
+            path = Path(resume)
         if path is None:
             return None
         log.info("resuming from %s", path)
         return self.load(engine, path)
+
+    def _pointer(self) -> str | None:
+        """The step directory name ``latest`` holds, if it holds one."""
+        try:
+            name = (self.root / LATEST_NAME).read_text(encoding="utf-8").strip()
+        except (OSError, ValueError):  # absent, or not text
+            return None
+        return name if _STEP_DIR.match(name) else None
+
+    def _newest_intact(self) -> Path | None:
+        """The checkpoint to resume from (rank 0 only): the one ``latest`` names, or the newest intact
+        older one if that is damaged, with a warning; None when nothing was ever published."""
+        if not (self.root / LATEST_NAME).exists():
+            return None
+        named = self._pointer()
+        newest = int(named.removeprefix("step-")) if named else None
+        candidates = [step for step in reversed(self.steps()) if newest is None or step < newest]
+        names = ([named] if named else []) + [f"step-{step}" for step in candidates]
+        damaged = [] if named else [f"{LATEST_NAME} names no checkpoint"]
+        for name in names:
+            problem = damage(self.root / name, TRAINER_STATE_NAME) or _trainer_state_damage(self.root / name)
+            if problem is None:
+                if damaged:
+                    log.warning("resuming from %s instead: %s", name, "; ".join(damaged))
+                    self._publish(name)
+                return self.root / name
+            damaged.append(f"{name} is damaged: {problem}")
+        raise NoIntactCheckpoint(f"no intact checkpoint in {self.root} ({'; '.join(damaged)}); "
+                                 "delete the checkpoints or set checkpoint.resume=never to start over")
 
     def _publish(self, name: str) -> None:
         pointer_tmp = self.root / f"{LATEST_NAME}.tmp"
@@ -158,6 +205,14 @@ class CheckpointManager:
         """Drop half-written checkpoints of crashed saves; only one run writes to an output dir."""
         for path in self.root.glob(".tmp-step-*"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _trainer_state_damage(path: Path) -> str | None:
+    try:
+        TrainerState.from_json((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
+        return f"{TRAINER_STATE_NAME} is not a trainer state ({type(error).__name__})"
+    return None
 
 
 def _rng_file(rank: int) -> str:

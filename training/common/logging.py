@@ -3,11 +3,13 @@
 Per-step metrics are averaged over a window of ``every_steps`` optimizer steps; each window writes one
 record ``{"step", "time", <metric means>, "lr", "samples_per_s"}`` to both sinks. ``write`` records
 values immediately (evaluation results). After a resume from step S, records past S from the crashed
-run are dropped from the JSONL file and TensorBoard (``purge_step``), so both show one clean curve.
+run are dropped from the JSONL file and TensorBoard (``purge_step``), so both show one clean curve;
+so is a line that is not a record (the last one, torn by a crash), with a warning.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -22,6 +24,7 @@ from training.common import distributed
 
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
+log = logging.getLogger(__name__)
 
 
 class RunLogger:
@@ -114,9 +117,22 @@ class RunLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file, in order."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """All records of a metrics.jsonl file, in order. A line that is not a record with a step (a
+    write torn by a crash) is left out, with a warning."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            else:
+                log.warning("%s:%d is not a metrics record (a write torn by a crash?); dropped", path, number)
+    return records
 
 
 def _truncate_after(path: Path, step: int) -> None:

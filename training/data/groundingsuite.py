@@ -7,7 +7,8 @@ deleted every "is"/"are" substring from captions; that is deliberately not repea
 sample id when present.
 
 The released file writes ``image_path`` as ``unlabeled2017/<name>.jpg``; when joining it to the
-image root does not find a file, the file name alone is tried in the root.
+image root does not find a file, the file name alone is tried in the root. Either must be a regular
+file inside the image root (see ``paths``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
+from training.data.fields import entry_id
 from training.data.images import read_rgb
 from training.data.lines import read_json_objects
 from training.data.masks import Rle, checked_mask, clip_box, parse_box, parse_rle, union_mask
+from training.data.paths import first_contained_file
 from training.data.sample import Box
 from training.data.skips import BrokenEntry, SkipCounter
 
@@ -41,7 +44,7 @@ class GroundingSuiteDataset(TargetDataset[GroundingAnnotation]):
         skips: SkipCounter | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        jsonl_path, image_root = Path(jsonl_path), Path(image_root)
+        jsonl_path, image_root = Path(jsonl_path), Path(image_root).resolve()
         skips = skips or SkipCounter(source)
         targets = []
         for line, record in read_json_objects(jsonl_path, skips):
@@ -59,11 +62,8 @@ class GroundingSuiteDataset(TargetDataset[GroundingAnnotation]):
 
 
 def resolve_image(image_root: Path, relative: str) -> Path:
-    candidates = (image_root / relative, image_root / Path(relative).name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise BrokenEntry("missing image", str(candidates[0]))
+    """``relative`` under ``image_root`` (resolved), or else its file name alone there."""
+    return first_contained_file(image_root, (relative, Path(relative).name), "missing image")
 
 
 def _target(record: dict, line: int, image_root: Path) -> Target[GroundingAnnotation]:
@@ -75,5 +75,5 @@ def _target(record: dict, line: int, image_root: Path) -> Target[GroundingAnnota
         raise BrokenEntry("bad rle", "'segmentation' must be an RLE dict or a list of them")
     annotation = GroundingAnnotation(tuple(parse_rle(item) for item in items), parse_box(record.get("box")))
     path = resolve_image(image_root, image_path)
-    sample_id = str(record.get("idx", line))
+    sample_id = entry_id(record.get("idx", line), "idx")
     return Target(path, path.stem, sample_id, (Query(caption.strip(), sample_id),), annotation)

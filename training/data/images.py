@@ -1,4 +1,8 @@
-"""Decoding image files into RGB arrays, turning every failure into a ``BrokenEntry``."""
+"""Decoding image files into RGB arrays, turning every failure into a ``BrokenEntry``.
+
+An image (or PNG mask) whose header declares more than ``MAX_IMAGE_PIXELS`` is refused before its
+pixels are decoded, so a small compressed file cannot make a data loader allocate gigabytes.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,12 @@ from PIL import Image
 
 from training.data.skips import BrokenEntry
 
-# Truncated files, unknown formats, decompression bombs and bad headers all surface as one of these.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# 50 MP covers 8K UHD (33 MP) and 48 MP photos; one such image is about 150 MB as RGB.
+MAX_IMAGE_PIXELS = 50_000_000
+# Truncated files, unknown formats, decompression bombs and bad headers all surface as one of these:
+# the exceptions Pillow's own fuzz tests accept from a corrupt file, except MemoryError (within the
+# pixel budget, that is a real shortage).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, NotImplementedError, OverflowError, Image.DecompressionBombError)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -23,6 +31,13 @@ def read_rgb(path: Path) -> np.ndarray:
         raise BrokenEntry("missing image", str(path))
     try:
         with Image.open(path) as image:
+            check_pixel_budget(image, path, "image")
             return np.array(image.convert("RGB"))
     except DECODE_ERRORS as error:
         raise BrokenEntry("undecodable image", f"{path}: {error}") from error
+
+
+def check_pixel_budget(image: Image.Image, path: Path, what: str) -> None:
+    """Refuse an opened (header read, pixels not yet decoded) image of more than ``MAX_IMAGE_PIXELS``."""
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise BrokenEntry(f"{what} too large", f"{path}: {image.width}x{image.height} is over {MAX_IMAGE_PIXELS:,} pixels")

@@ -2,13 +2,13 @@
 
 One JSON object per line:
 
-- ``image``: path, relative to the JSONL file's folder or absolute;
+- ``image``: path relative to the JSONL file's folder, which must contain it (see ``paths``);
 - ``text``: a referring expression or a list of them (one sample each);
 - ``mask``: a COCO RLE dict ``{"size": [h, w], "counts": ...}`` or a PNG path (nonzero = target);
 - optional ``box`` [x1, y1, x2, y2] in pixels (default: the mask's extent, exclusive max);
 - optional ``ignore``: PNG path or RLE of pixels left out of the metrics;
 - optional ``reasoning``: a string, or a list parallel to ``text``;
-- optional ``id``: sample ids become ``{id}:{k}`` (default: the line number);
+- optional ``id``: a string or number; sample ids become ``{id}:{k}`` (default: the line number);
 - optional ``meta``: an object of strings, numbers and booleans copied to every sample of the line
   (for example the scene or lighting, to evaluate per condition with ``--group-by``).
 
@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
+from training.data.fields import entry_id
 from training.data.images import read_rgb
 from training.data.lines import read_json_objects
 from training.data.masks import Rle, checked_mask, clip_box, mask_to_box, parse_box, parse_rle, read_png_mask
+from training.data.paths import contained_file
 from training.data.sample import Box
 from training.data.skips import BrokenEntry, SkipCounter
 
@@ -54,9 +56,10 @@ class JsonlDataset(TargetDataset[JsonlAnnotation]):
         path = Path(path)
         skips = skips or SkipCounter(f"{source}/{path.name}")
         targets = []
+        root = path.parent.resolve()
         for line, record in read_json_objects(path, skips):
             try:
-                targets.append(_target(record, line, path.parent))
+                targets.append(_target(record, line, root))
             except BrokenEntry as error:
                 skips.skip_error(error, f"{path.name}:{line}")
         super().__init__(targets, source=source, per=per, skips=skips, rng=rng)
@@ -77,14 +80,11 @@ def _read_mask(source: MaskSource, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def _mask_source(value: Any, folder: Path, field: str) -> MaskSource:
+def _mask_source(value: Any, root: Path, field: str) -> MaskSource:
     if isinstance(value, dict):
         return parse_rle(value)
     if isinstance(value, str) and value:
-        path = folder / value
-        if not path.is_file():
-            raise BrokenEntry("missing mask", str(path))
-        return path
+        return contained_file(root, value, "missing mask")
     raise BrokenEntry("missing field", f"'{field}' must be an RLE dict or a PNG path")
 
 
@@ -112,17 +112,15 @@ def _queries(record: dict[str, Any], base_id: str) -> tuple[Query, ...]:
     return queries
 
 
-def _target(record: dict[str, Any], line: int, folder: Path) -> Target[JsonlAnnotation]:
+def _target(record: dict[str, Any], line: int, root: Path) -> Target[JsonlAnnotation]:
     image = record.get("image")
     if not isinstance(image, str) or not image:
         raise BrokenEntry("missing field", "'image' must be a path")
-    image_path = folder / image
-    if not image_path.is_file():
-        raise BrokenEntry("missing image", str(image_path))
-    base_id = str(record.get("id", line))
+    image_path = contained_file(root, image, "missing image")
+    base_id = entry_id(record.get("id", line), "id")
     annotation = JsonlAnnotation(
-        mask=_mask_source(record.get("mask"), folder, "mask"),
+        mask=_mask_source(record.get("mask"), root, "mask"),
         box=None if record.get("box") is None else parse_box(record["box"]),
-        ignore=None if record.get("ignore") is None else _mask_source(record["ignore"], folder, "ignore"),
+        ignore=None if record.get("ignore") is None else _mask_source(record["ignore"], root, "ignore"),
     )
     return Target(image_path, image, base_id, _queries(record, base_id), annotation)

@@ -5,7 +5,11 @@ pycocotools rasterises polygons and encodes masks; RLE strings are parsed and ex
 
 Annotations are parsed into ``Polygons`` / ``Rle`` when a dataset is indexed (structure only, cheap)
 and rasterised with ``to_mask(height, width)`` when a sample is built, against the decoded image's
-real size. Everything wrong with one annotation raises ``BrokenEntry``.
+real size. Everything wrong with one annotation raises ``BrokenEntry``, and so does an annotation
+whose mask would take more memory than the image budget allows: an RLE may declare at most
+``MAX_IMAGE_PIXELS`` pixels, and a region's polygons may trace at most ``MAX_OUTLINE_PERIMETERS``
+times the image's perimeter (pycocotools walks every pixel of every edge at 5x resolution, about
+50 bytes per pixel of outline).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from training.data.images import DECODE_ERRORS
+from training.data.fields import brief
+from training.data.images import DECODE_ERRORS, MAX_IMAGE_PIXELS, check_pixel_budget
 from training.data.sample import Box
 from training.data.skips import BrokenEntry
 
@@ -29,6 +34,8 @@ from training.data.skips import BrokenEntry
 OUT_OF_BOUNDS_TOLERANCE = 0.02
 # Longest run of 5-bit groups in one compressed RLE count we accept (60 bits fit in int64).
 MAX_RLE_GROUPS = 12
+# Longest outline (sum of the edges' longer side, in pixels), as a multiple of 2 * (height + width).
+MAX_OUTLINE_PERIMETERS = 32
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class Polygons:
     coordinates: tuple[tuple[float, ...], ...]
 
     def to_mask(self, height: int, width: int) -> np.ndarray:
-        check_polygons_in_bounds(self.coordinates, height, width)
+        check_polygons(self.coordinates, height, width)
         rles = mask_util.frPyObjects([list(p) for p in self.coordinates], height, width)
         return runs_to_mask(_decode_compressed_counts(mask_util.merge(rles)["counts"]), height, width)
 
@@ -63,10 +70,10 @@ Region = Polygons | Rle
 def parse_polygon(value: Any) -> tuple[float, ...]:
     """A flat COCO polygon, checked for shape and finiteness (not yet for bounds)."""
     if not isinstance(value, (list, tuple)) or len(value) % 2:
-        raise BrokenEntry("bad polygon", f"expected an even-length list of numbers, got {str(value)[:80]}")
+        raise BrokenEntry("bad polygon", f"expected an even-length list of numbers, got {brief(value)}")
     try:
         coordinates = tuple(float(v) for v in value)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise BrokenEntry("bad polygon", str(error)) from error
     if not all(math.isfinite(v) for v in coordinates):
         raise BrokenEntry("bad polygon", "non-finite coordinate")
@@ -76,19 +83,28 @@ def parse_polygon(value: Any) -> tuple[float, ...]:
 def parse_polygons(value: Any) -> Polygons:
     """COCO polygon list. Polygons with fewer than three vertices have no area and are dropped
     (pycocotools would otherwise read a 4-number polygon as a box)."""
+    if not isinstance(value, list):
+        raise BrokenEntry("bad polygon", f"expected a list of polygons, got {brief(value)}")
     polygons = tuple(p for p in (parse_polygon(v) for v in value) if len(p) >= 6)
     if not polygons:
         raise BrokenEntry("bad polygon", "no polygon with at least three vertices")
     return Polygons(polygons)
 
 
-def check_polygons_in_bounds(polygons: Sequence[Sequence[float]], height: int, width: int) -> None:
+def check_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> None:
+    """Refuse polygons that lie outside a ``height`` x ``width`` image or whose outline is too long
+    to rasterise within the memory budget (see the module docstring)."""
+    x_slack = 1 + OUT_OF_BOUNDS_TOLERANCE * width
+    y_slack = 1 + OUT_OF_BOUNDS_TOLERANCE * height
+    outline = 0.0
     for polygon in polygons:
-        xs, ys = np.asarray(polygon[0::2]), np.asarray(polygon[1::2])
-        x_slack = 1 + OUT_OF_BOUNDS_TOLERANCE * width
-        y_slack = 1 + OUT_OF_BOUNDS_TOLERANCE * height
-        if xs.min() < -x_slack or xs.max() > width + x_slack or ys.min() < -y_slack or ys.max() > height + y_slack:
+        vertices = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        (x_min, y_min), (x_max, y_max) = vertices.min(axis=0), vertices.max(axis=0)
+        if x_min < -x_slack or x_max > width + x_slack or y_min < -y_slack or y_max > height + y_slack:
             raise BrokenEntry("polygon out of bounds", f"vertices beyond a {height}x{width} image")
+        outline += float((np.abs(np.roll(vertices, -1, axis=0) - vertices).max(axis=1) + 1).sum())
+    if outline > MAX_OUTLINE_PERIMETERS * 2 * (height + width):
+        raise BrokenEntry("polygon too long", f"outline of {outline:.0f} px in a {height}x{width} image")
 
 
 def _decode_compressed_counts(counts: bytes) -> np.ndarray:
@@ -127,20 +143,29 @@ def runs_to_mask(runs: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def parse_rle(value: Any) -> Rle:
-    """A COCO RLE dict ``{"size": [h, w], "counts": str | bytes | list[int]}``, checked so that its runs
-    are non-negative and cover exactly h * w pixels."""
+    """A COCO RLE dict ``{"size": [h, w], "counts": str | bytes | list[int]}`` of at most
+    ``MAX_IMAGE_PIXELS``, checked so that its runs are non-negative and cover exactly h * w pixels."""
     try:
         height, width = (int(v) for v in value["size"])
         counts = value["counts"]
-    except (TypeError, KeyError, ValueError) as error:
-        raise BrokenEntry("bad rle", f"expected {{'size': [h, w], 'counts': ...}}: {error}") from error
+    except (TypeError, KeyError, ValueError, OverflowError) as error:
+        raise BrokenEntry("bad rle", f"expected {{'size': [h, w], 'counts': ...}}: {brief(error)}") from error
     if height <= 0 or width <= 0:
-        raise BrokenEntry("bad rle", f"size {height}x{width}")
+        raise BrokenEntry("bad rle", f"size {brief([height, width])}")
+    area = height * width
+    if area > MAX_IMAGE_PIXELS:
+        raise BrokenEntry("mask too large", f"RLE size {brief([height, width])} is over {MAX_IMAGE_PIXELS:,} pixels")
+    # No mask has more than area + 1 runs (only the first may be empty), none longer than the area;
+    # checked before any array is built, and it keeps the sum below far from int64 overflow.
     if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
-            raise BrokenEntry("bad rle", "uncompressed counts must be integers")
+        if len(counts) > area + 1 or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= area for c in counts
+        ):
+            raise BrokenEntry("bad rle", f"uncompressed counts must be at most {area + 1} integers from 0 to {area}")
         runs = np.asarray(counts, dtype=np.int64)
     elif isinstance(counts, (str, bytes)):
+        if len(counts) > MAX_RLE_GROUPS * (area + 1):
+            raise BrokenEntry("bad rle", f"counts longer than any {height}x{width} mask needs")
         try:
             counts = counts.encode("ascii") if isinstance(counts, str) else counts
         except UnicodeEncodeError as error:
@@ -148,7 +173,7 @@ def parse_rle(value: Any) -> Rle:
         runs = _decode_compressed_counts(counts)
     else:
         raise BrokenEntry("bad rle", f"counts of type {type(counts).__name__}")
-    if runs.size == 0 or runs.min() < 0 or runs.sum() != height * width:
+    if runs.size == 0 or runs.size > area + 1 or runs.min() < 0 or runs.max() > area or runs.sum() != area:
         raise BrokenEntry("bad rle", f"runs do not cover the {height}x{width} mask")
     if isinstance(counts, list):
         counts = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)["counts"]
@@ -160,7 +185,7 @@ def parse_coco_segmentation(value: Any) -> list[Region]:
     if isinstance(value, dict):
         return [parse_rle(value)]
     if not isinstance(value, list) or not value:
-        raise BrokenEntry("empty segmentation", str(value)[:80])
+        raise BrokenEntry("empty segmentation", brief(value))
     if all(isinstance(item, dict) for item in value):
         return [parse_rle(item) for item in value]
     return [parse_polygons(value)]
@@ -186,6 +211,7 @@ def read_png_mask(path: Path) -> np.ndarray:
         raise BrokenEntry("missing mask", str(path))
     try:
         with Image.open(path) as image:
+            check_pixel_budget(image, path, "mask")
             mode = image.mode
             pixels = np.array(image)
     except DECODE_ERRORS as error:
@@ -216,21 +242,25 @@ def mask_to_box(mask: np.ndarray) -> Box:
 
 def parse_box(value: Any) -> Box:
     """Four finite numbers (x1, y1, x2, y2) with x2 > x1 and y2 > y1."""
-    try:
-        x1, y1, x2, y2 = (float(v) for v in value)
-    except (TypeError, ValueError) as error:
-        raise BrokenEntry("bad box", f"expected [x1, y1, x2, y2], got {str(value)[:80]}") from error
+    x1, y1, x2, y2 = _four_numbers(value, "[x1, y1, x2, y2]")
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        raise BrokenEntry("bad box", f"degenerate box {value}")
+        raise BrokenEntry("bad box", f"degenerate box {brief(value)}")
     return x1, y1, x2, y2
 
 
 def xywh_to_xyxy(value: Any) -> Box:
-    try:
-        x, y, w, h = (float(v) for v in value)
-    except (TypeError, ValueError) as error:
-        raise BrokenEntry("bad box", f"expected [x, y, w, h], got {str(value)[:80]}") from error
+    x, y, w, h = _four_numbers(value, "[x, y, w, h]")
     return parse_box((x, y, x + w, y + h))
+
+
+def _four_numbers(value: Any, form: str) -> tuple[float, float, float, float]:
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        try:
+            a, b, c, d = (float(v) for v in value)
+            return a, b, c, d
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise BrokenEntry("bad box", f"expected {form}, got {brief(value)}")
 
 
 def clip_box(box: Box, height: int, width: int) -> Box:

@@ -4,24 +4,31 @@ A dataset folder holds ``refs(<split_by>).p`` (a pickled list of refs, each with
 ``ann_id`` and its sentences) and ``instances.json`` (COCO images, annotations, categories).
 Each referring sentence is one sample; the target is the COCO annotation's polygons or RLE,
 OR-ed and binarised, and its ``bbox`` converted to x1, y1, x2, y2.
+
+Either file that cannot be parsed at all (a corrupt pickle, invalid JSON, JSON nested too deeply,
+``images`` or ``annotations`` that are not lists) is a ``ValueError`` with a one-line message; a
+single ref, annotation or sentence that is malformed is skipped and counted.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
+from training.data.fields import brief, entry_id
 from training.data.images import read_rgb
+from training.data.lines import read_json_object
 from training.data.masks import Region, checked_mask, parse_coco_segmentation, union_mask, xywh_to_xyxy
+from training.data.paths import contained_file
 from training.data.safe_pickle import load_plain_pickle
 from training.data.sample import Box
 from training.data.skips import BrokenEntry, SkipCounter
 
 STANDARD_SENTENCE_KEYS = frozenset({"tokens", "raw", "sent", "sent_id", "reasoning"})
+Key = int | str  # COCO ids; refs naming any other kind of id are malformed
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,8 @@ class ReferDataset(TargetDataset[ReferAnnotation]):
     """One split (``train``, ``val``, ``testA``, ``testB``, ``test``; matched exactly) of a refer-layout folder.
 
     Images are ``image_dir / file_name`` with ``file_name`` from instances.json, falling back to
-    ``COCO_train2014_{image_id:012d}.jpg``.
+    ``COCO_train2014_{image_id:012d}.jpg``; they must be regular files inside ``image_dir`` (see
+    ``paths``).
     """
 
     def __init__(
@@ -49,26 +57,26 @@ class ReferDataset(TargetDataset[ReferAnnotation]):
         skips: SkipCounter | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        folder, image_dir = Path(folder), Path(image_dir)
+        folder, image_dir = Path(folder), Path(image_dir).resolve()
         skips = skips or SkipCounter(f"{source}/{split}")
         refs = load_plain_pickle(folder / f"refs({split_by}).p")
         if not isinstance(refs, list):
             raise ValueError(f"{folder / f'refs({split_by}).p'} holds a {type(refs).__name__}, expected a list of refs")
-        instances = json.loads((folder / "instances.json").read_text(encoding="utf-8"))
-        images = _by_id(instances.get("images", []))
-        annotations = _by_id(instances.get("annotations", []))
-        available = sorted({str(ref.get("split")) for ref in refs if isinstance(ref, dict)})
+        instances = read_json_object(folder / "instances.json")
+        images = _by_id(instances, "images")
+        annotations = _by_id(instances, "annotations")
+        available = sorted({ref["split"] for ref in refs if isinstance(ref, dict) and isinstance(ref.get("split"), str)})
         if split not in available:
             raise ValueError(f"split {split!r} not in {folder} (available: {', '.join(available)})")
-        existing: dict[Path, bool] = {}
+        image_files: dict[str, Path | BrokenEntry] = {}
         targets = []
         for ref in refs:
             if not isinstance(ref, dict) or ref.get("split") != split:
                 continue
             try:
-                targets.append(_target(ref, images, annotations, image_dir, existing))
+                targets.append(_target(ref, images, annotations, image_dir, image_files))
             except BrokenEntry as error:
-                skips.skip_error(error, f"ref {ref.get('ref_id')}")
+                skips.skip_error(error, f"ref {brief(ref.get('ref_id'))}")
         super().__init__(targets, source=source, per=per, skips=skips, rng=rng)
 
     def decode(self, target: Target[ReferAnnotation]) -> Decoded:
@@ -78,44 +86,67 @@ class ReferDataset(TargetDataset[ReferAnnotation]):
         return Decoded(image=image, mask=mask, box=target.annotation.box)
 
 
-def _by_id(items: list[Any]) -> dict[Any, dict[str, Any]]:
-    return {item["id"]: item for item in items if isinstance(item, dict) and "id" in item}
+def _by_id(instances: dict[str, Any], field: str) -> dict[Key, dict[str, Any]]:
+    """The objects of ``instances[field]`` by their ``id``; objects without a usable id are left out."""
+    items = instances.get(field, [])
+    if not isinstance(items, list):
+        raise ValueError(f"instances.json: '{field}' is a {type(items).__name__}, expected a list")
+    return {item["id"]: item for item in items if isinstance(item, dict) and _is_key(item.get("id"))}
+
+
+def _is_key(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _target(
     ref: dict[str, Any],
-    images: dict[Any, dict[str, Any]],
-    annotations: dict[Any, dict[str, Any]],
+    images: dict[Key, dict[str, Any]],
+    annotations: dict[Key, dict[str, Any]],
     image_dir: Path,
-    existing: dict[Path, bool],
+    image_files: dict[str, Path | BrokenEntry],
 ) -> Target[ReferAnnotation]:
     try:
-        ref_id, ann_id, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], list(ref["sentences"])
-    except (KeyError, TypeError) as error:
-        raise BrokenEntry("malformed ref", str(error)) from error
+        ref_id, ann_id, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
+    except KeyError as error:
+        raise BrokenEntry("malformed ref", f"no {error}") from error
+    if not (_is_key(ann_id) and _is_key(image_id) and isinstance(sentences, (list, tuple))):
+        raise BrokenEntry("malformed ref", "ann_id and image_id must be ids, sentences a list")
+    ref_text, image_text = entry_id(ref_id, "ref_id"), entry_id(image_id, "image_id")
     ann = annotations.get(ann_id)
     if ann is None:
-        raise BrokenEntry("missing annotation", f"ann_id {ann_id}")
-    queries = tuple(q for q in (_query(s, f"{ref_id}:{i}") for i, s in enumerate(sentences)) if q is not None)
+        raise BrokenEntry("missing annotation", f"ann_id {brief(ann_id)}")
+    queries = tuple(q for q in (_query(s, f"{ref_text}:{i}") for i, s in enumerate(sentences)) if q is not None)
     if not queries:
         raise BrokenEntry("no sentences")
-    path = image_dir / _image_file_name(images.get(image_id, {}), image_id)
-    if path not in existing:
-        existing[path] = path.is_file()
-    if not existing[path]:
-        raise BrokenEntry("missing image", str(path))
+    path = _image_file(image_dir, _image_file_name(images.get(image_id, {}), image_id), image_files)
     annotation = ReferAnnotation(parse_coco_segmentation(ann.get("segmentation")), xywh_to_xyxy(ann.get("bbox")))
     meta = {"split": ref["split"], "ann_id": ann_id, "category_id": ann.get("category_id")}
-    return Target(path, str(image_id), str(ref_id), queries, annotation, meta)
+    return Target(path, image_text, ref_text, queries, annotation, meta)
 
 
-def _image_file_name(image_info: dict[str, Any], image_id: Any) -> str:
-    if image_info.get("file_name"):
-        return str(image_info["file_name"])
+def _image_file(image_dir: Path, name: str, image_files: dict[str, Path | BrokenEntry]) -> Path:
+    """``contained_file`` for an image, remembered: many refs share one image."""
+    if name not in image_files:
+        try:
+            image_files[name] = contained_file(image_dir, name, "missing image")
+        except BrokenEntry as error:
+            image_files[name] = error
+    found = image_files[name]
+    if isinstance(found, BrokenEntry):
+        raise BrokenEntry(found.reason, found.detail)
+    return found
+
+
+def _image_file_name(image_info: dict[str, Any], image_id: Key) -> str:
+    file_name = image_info.get("file_name")
+    if isinstance(file_name, str) and file_name:
+        return file_name
+    if file_name:
+        raise BrokenEntry("malformed ref", f"file_name {brief(file_name)}")
     try:
         return f"COCO_train2014_{int(image_id):012d}.jpg"
-    except (TypeError, ValueError) as error:
-        raise BrokenEntry("malformed ref", f"image_id {image_id!r}") from error
+    except ValueError as error:
+        raise BrokenEntry("malformed ref", f"image_id {brief(image_id)}") from error
 
 
 def _query(sentence: Any, fallback_id: str) -> Query | None:
@@ -127,7 +158,7 @@ def _query(sentence: Any, fallback_id: str) -> Query | None:
     reasoning = sentence.get("reasoning")
     return Query(
         text=text.strip(),
-        sample_id=str(sentence.get("sent_id", fallback_id)),
+        sample_id=entry_id(sentence.get("sent_id", fallback_id), "sent_id"),
         reasoning=reasoning if isinstance(reasoning, str) else None,
         meta={key: value for key, value in sentence.items() if key not in STANDARD_SENTENCE_KEYS},
     )
