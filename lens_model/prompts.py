@@ -26,6 +26,10 @@ def clean_query(query: object, max_chars: int) -> str:
             raise InputError(f"query is not valid UTF-8: {exc}") from exc
     if not isinstance(query, str):
         raise InputError(f"query must be a string, got {type(query).__name__}")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes smuggled into a str
+        raise InputError("query is not valid UTF-8 text (it holds lone surrogates)") from None
     query = " ".join(query.split())
     if not query:
         raise InputError("query is empty")

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -24,6 +25,9 @@ from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
+from lens_model.errors import InputError
+from lens_model.image_io import read_image_file
+from lens_model.staged_outputs import write_durably
 from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
 from lens_ros.core.image_codec import encode_image
@@ -161,24 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node and the result")
     parser.add_argument("--save-mask", help="write the returned mask to this PNG")
     args = parser.parse_args(argv)
-    bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
-    if bgr is None:
-        print(f"cannot read image {args.image}", file=sys.stderr)
+    try:
+        rgb = read_image_file(args.image, apply_exif_orientation=False)  # a camera frame keeps its pixel grid
+    except InputError as exc:
+        print(f"lens-dds-client: error: {exc}", file=sys.stderr)
         return 2
     client = LensDdsClient(namespace=args.namespace)
     try:
         if not client.wait_for_node(args.timeout):
             print("no lens_node found (check ROS_DOMAIN_ID and CYCLONEDDS_URI)", file=sys.stderr)
             return 2
-        client.send_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        client.send_image(rgb)
         result = client.ask(args.query, args.timeout)
         print(json.dumps(result, indent=2, ensure_ascii=False))
         mask = client.mask_for(result) if args.save_mask else None
         if mask is not None:
-            cv2.imwrite(args.save_mask, mask)
+            ok, png = cv2.imencode(".png", mask)
+            if not ok:
+                raise OSError("could not encode the mask as PNG")
+            write_durably(Path(args.save_mask), png.tobytes())  # no OpenCV path I/O: any file name works
         return 1 if result["status"] == "error" else 0
-    except TimeoutError as exc:
-        print(str(exc), file=sys.stderr)
+    except (TimeoutError, OSError) as exc:
+        print(f"lens-dds-client: error: {exc}", file=sys.stderr)
         return 2
     finally:
         client.close()

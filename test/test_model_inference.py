@@ -61,7 +61,7 @@ def test_mask_follows_original_resolution_for_odd_sizes(model):
     assert model.predict(image, "the red square").mask.shape == (37, 301)
 
 
-@pytest.mark.parametrize("query", ["", "   ", "x" * 5000, None, b"\xff\xfe"])
+@pytest.mark.parametrize("query", ["", "   ", "x" * 5000, None, b"\xff\xfe", "the \udcff mug"])
 def test_bad_queries_raise_input_error(model, query):
     with pytest.raises(InputError):
         model.predict(scene(), query)

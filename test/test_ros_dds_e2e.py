@@ -24,6 +24,7 @@ from lens_ros.core.frames import Stamp  # noqa: E402
 from lens_ros.core.params import LensParams  # noqa: E402
 from lens_ros.dds_client import LensDdsClient  # noqa: E402
 from lens_ros.dds_client import main as dds_client_main  # noqa: E402
+from image_fixtures import png_claiming  # noqa: E402
 from lens_ros.msgs import idl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,3 +218,12 @@ def test_node_stops_cleanly_on_sigint(node):
     process, _ = node
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 0, node_log(process)
+
+
+def test_dds_client_refuses_an_unusable_image_in_one_line(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(30_000, 30_000))
+    for image in (tmp_path / "missing.png", bomb, tmp_path):
+        assert dds_client_main(["--image", str(image), "--query", "the red circle", "--timeout", "1"]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lens-dds-client: error: "), lines

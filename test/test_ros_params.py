@@ -52,6 +52,8 @@ def test_sections_apply_wildcard_then_node_then_fully_qualified(tmp_path):
     ({"qos.image_reliability": "maybe"}, "must be one of reliable, best_effort"),
     ({"debug_image.max_rate_hz": 0.0}, "debug_image.max_rate_hz must be > 0.0"),
     ({"frames.max_future_s": -0.5}, "frames.max_future_s must be >= 0.0"),
+    ({"frames.max_future_s": float("nan")}, "frames.max_future_s must be a finite number"),
+    ({"frames.max_age_s": float("inf")}, "frames.max_age_s must be a finite number"),
     ({"model.name": ""}, "model.name must not be empty"),
     ({"autostart": 1}, "autostart must be bool, got int"),
 ])

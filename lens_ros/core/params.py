@@ -6,6 +6,7 @@ ROS parameter names are dotted (``model.name``); the rclpy adapter declares them
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ParameterError(f"parameter {name} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    if expected is float and not math.isfinite(value):  # NaN passes every comparison below
+        raise ParameterError(f"parameter {name} must be a finite number, got {value!r}")
     meta = f.metadata
     if meta.get("nonempty") and not value:
         raise ParameterError(f"parameter {name} must not be empty")

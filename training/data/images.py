@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lens_model.image_io import MAX_IMAGE_PIXELS  # the one pixel budget of the CLI, the node and the data
 from training.data.skips import BrokenEntry
 
-# 50 MP covers 8K UHD (33 MP) and 48 MP photos; one such image is about 150 MB as RGB.
-MAX_IMAGE_PIXELS = 50_000_000
 # Truncated files, unknown formats, decompression bombs and bad headers all surface as one of these:
 # the exceptions Pillow's own fuzz tests accept from a corrupt file, except MemoryError (within the
 # pixel budget, that is a real shortage).
