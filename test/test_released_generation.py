@@ -8,12 +8,15 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import RepetitionPenaltyLogitsProcessor
 
 from lens_model.config import ConnectorConfig, GenerationConfig
 from lens_model.decoding import generate_kwargs
 from lens_model.errors import CheckpointFormatError, InputError
+from lens_model.generation_file import read_generation_file
 from lens_model.hub import load_model
 from model_fixtures import scene, tiny_model
 from released_layout import released_generation_config, write_released_checkpoint
@@ -37,7 +40,7 @@ def released(tiny, directory, penalty=1.05, **generation):
     return load_model(str(directory), **tiny_overrides(tiny))
 
 
-def settings(config):
+def recorded(config):
     """A config without the embedded architecture descriptions (re-saving normalises those)."""
     return dataclasses.replace(config, reasoner_config=None, sam2_model_config=None)
 
@@ -63,7 +66,7 @@ def test_generation_config_is_recorded_and_round_trips(tiny, tmp_path):
     assert model.config.generation.repetition_penalty == 1.05
     assert model.config.generation.eos_token_ids == [ids("<|im_end|>"), ids("<|endoftext|>")]
     model.save_pretrained(str(tmp_path / "native"))
-    assert settings(load_model(str(tmp_path / "native")).config) == settings(model.config)
+    assert recorded(load_model(str(tmp_path / "native")).config) == recorded(model.config)
 
 
 @pytest.mark.parametrize("penalty", [1.05, 3.0])
@@ -170,5 +173,22 @@ def test_old_configs_without_the_new_fields_load_with_todays_behaviour(tmp_path)
         del data["generation"][key]
     path.write_text(json.dumps(data))
     loaded = load_model(str(tmp_path / "m"))
-    assert settings(loaded.config) == settings(model.config) and loaded.config.profile == ""
+    assert recorded(loaded.config) == recorded(model.config) and loaded.config.profile == ""
     assert loaded.eos_token_ids == model.processor.eos_token_ids
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(field=st.sampled_from(["repetition_penalty", "eos_token_id", "no_repeat_ngram_size", "num_beams", "do_sample",
+                              "custom_generate", "max_length", "x"]),
+       value=st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                          max_leaves=8))
+def test_any_value_in_generation_config_json_loads_or_is_one_line(tmp_path_factory, field, value):
+    directory = tmp_path_factory.mktemp("gen")
+    (directory / "generation_config.json").write_text(json.dumps({field: value}))
+    try:
+        fields = read_generation_file(directory)
+    except CheckpointFormatError as exc:
+        assert "\n" not in str(exc)
+        return
+    GenerationConfig(**fields)  # what is taken is a valid setting

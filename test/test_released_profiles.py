@@ -72,6 +72,8 @@ def test_name_or_path_explicit_profile_and_unknown_folders(tiny, folder, tmp_pat
     config = json.loads((folder / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "_name_or_path": "OuyBin/LENS_ReasonSeg_CoT"}))
     assert load_model(str(copy), **tiny_overrides(tiny)).config.profile == "OuyBin/LENS_ReasonSeg_CoT"
+    (copy / "config.json").write_text(json.dumps({**config, "_name_or_path": ["not", "a", "name"]}))
+    assert load_model(str(copy), **tiny_overrides(tiny)).config.profile == "OuyBin/LENS"
     with caplog.at_level(logging.WARNING, logger="lens_model.released_profiles"):
         unknown = load_model(str(folder), **tiny_overrides(tiny))
     assert unknown.config.profile == "OuyBin/LENS" and "profile=" in caplog.text
