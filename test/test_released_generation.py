@@ -52,12 +52,18 @@ def inputs(model, query="the red square"):
 
 
 def authors_generate(model, directory, encoded, prompts, **kwargs):
-    """The authors' call: plain Hugging Face generate, the folder's generation config merged in."""
-    return model.reasoner.generate(
-        input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, mm_token_type_ids=prompts.mm_token_type_ids,
-        pixel_values=encoded.pixel_values, image_grid_thw=encoded.grid_thw,
-        generation_config=HFGenerationConfig.from_pretrained(directory), do_sample=False, use_cache=True,
-        return_dict_in_generate=True, output_scores=True, output_logits=True, **kwargs)
+    """The authors' call: plain Hugging Face generate on a model whose generation config is the
+    folder's (as ``from_pretrained`` leaves it), so transformers merges it in."""
+    reasoner, own = model.reasoner, model.reasoner.generation_config
+    reasoner.generation_config = HFGenerationConfig.from_pretrained(directory)
+    try:
+        return reasoner.generate(
+            input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
+            mm_token_type_ids=prompts.mm_token_type_ids, pixel_values=encoded.pixel_values,
+            image_grid_thw=encoded.grid_thw, do_sample=False, use_cache=True, return_dict_in_generate=True,
+            output_scores=True, output_logits=True, **kwargs)
+    finally:
+        reasoner.generation_config = own
 
 
 def test_generation_config_is_recorded_and_round_trips(tiny, tmp_path):
