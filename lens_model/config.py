@@ -14,6 +14,8 @@ from lens_model.typed_json import CheckedFields, bounded, from_json
 PromptCollapse = Literal["conv1d", "none"]
 QueryPositions = Literal["sequential", "mrope"]
 Template = Literal["direct", "reasoning"]
+SamResize = Literal["pil_bilinear", "cv2_linear"]
+MAX_TOKEN_ID = 10_000_000
 
 MAX_REASONER_PIXELS = 16_777_216  # 4096 x 4096; Qwen2.5-VL's own default maximum is 12,845,056
 
@@ -37,12 +39,54 @@ class ConnectorConfig(CheckedFields):
 
 @dataclass
 class GenerationConfig(CheckedFields):
+    """Decoding settings, passed to Hugging Face ``generate``. A released checkpoint's
+    ``generation_config.json`` sets ``repetition_penalty``, ``eos_token_ids`` and ``no_repeat_ngram_size``
+    (``lens_model.generation_file``); its profile sets the length cap."""
+
     max_new_tokens: int = bounded(256, 1, 32768)
+    # Cap on prompt + answer tokens (the authors' evaluation: 768); None: only ``max_new_tokens`` caps.
+    # When set, an answer stops at whichever cap it reaches first.
+    max_length: int | None = bounded(None, 2, 1_000_000)
     do_sample: bool = False
     temperature: float = bounded(1.0, 1e-6, 100.0)
     top_p: float = bounded(1.0, 0.0, 1.0)
     top_k: int = bounded(0, 0, 1_000_000)
     repetition_penalty: float = bounded(1.0, 1e-6, 100.0)
+    no_repeat_ngram_size: int = bounded(0, 0, 1024)
+    # Tokens that end an answer; None: the tokenizer's <|im_end|> and <|endoftext|>.
+    eos_token_ids: list[int] | None = None
+    # Never emit the vision placeholders (<|image_pad|> ...): see docs/model.md, "Reproducing the paper".
+    suppress_placeholders: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eos_token_ids is not None and (
+                not 1 <= len(self.eos_token_ids) <= 16 or not all(0 <= t < MAX_TOKEN_ID for t in self.eos_token_ids)):
+            raise CheckpointFormatError(
+                f"GenerationConfig.eos_token_ids must be 1 to 16 token ids, got {str(self.eos_token_ids)[:60]}")
+
+
+@dataclass
+class Preprocessing(CheckedFields):
+    """How an image, a query and a generated answer become model inputs.
+
+    The defaults are this project's; the authors' released checkpoints load with their own settings
+    (``lens_model.released_profiles``): ReasonSeg models saw images resized to 640 px on the longest
+    side and a SAM 2 input resized by OpenCV, and the authors' code keeps query text verbatim and
+    drops every pad token from the query pass.
+    """
+
+    # Resize the image so its longest side is this many pixels (PIL bicubic, sizes truncated to
+    # integers, also enlarging) before the reasoner's smart resize; 0: no such resize.
+    reasoner_longest_side: int = bounded(0, 0, 16384)
+    # The SAM 2 input squash: "pil_bilinear" (PIL, antialiased) or "cv2_linear" (cv2.resize
+    # INTER_LINEAR, no antialiasing).
+    sam_resize: SamResize = "pil_bilinear"
+    # Queries: runs of whitespace become one space and the ends are stripped; False: kept verbatim.
+    collapse_whitespace: bool = True
+    # The query pass leaves every pad-token position (<|endoftext|> for Qwen) out of attention,
+    # including an answer's final one, as the authors' mask pass does.
+    mask_pad_in_query_pass: bool = False
 
 
 @dataclass
@@ -77,6 +121,9 @@ class LensConfig(CheckedFields):
     # ``training.demo.init_model --instruction``) carry it here.
     instruction: str = ""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    # The released checkpoint whose settings this config carries ("OuyBin/LENS", ...); "" otherwise.
+    profile: str = ""
     mask_threshold: float = bounded(0.0, -1e4, 1e4)
     max_query_chars: int = bounded(2000, 1, 100_000)
     random_weights: bool = False

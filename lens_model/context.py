@@ -3,7 +3,7 @@
 Layout (matches the authors' released checkpoints, names aside):
 ``context_queries`` [1, M, C] -> reasoner last-layer states -> ``connector`` (learned position
 embedding, then ``depth`` pre-LN transformer blocks, bidirectional, no final norm) ->
-optional ``query_collapse`` (Conv1d with kernel M: M tokens -> 1) -> ``proj_to_sam``
+optional ``query_collapse`` (Conv1d with kernel M: M tokens -> 1, computed as one matrix product) -> ``proj_to_sam``
 (Linear C->C, exact GELU, Linear C->256).
 """
 from __future__ import annotations
@@ -70,6 +70,26 @@ class Connector(nn.Module):
         return x
 
 
+class SequenceCollapse(nn.Conv1d):
+    """The authors' ``conv_1d``: a Conv1d with kernel M over the M query tokens, i.e. one output position.
+
+    That is one matrix product of the flattened tokens with the (C, C*M) weight, computed here as a
+    single ``linear`` (the convolution kernel is an order of magnitude slower on CPU:
+    ``benchmarks/model_latency.py --collapse``); same result up to summation order. It stays a Conv1d
+    module, so the weight layout (C, C, M), the state-dict keys and ZeRO-3's gathering are unchanged.
+    """
+
+    def __init__(self, dim: int, num_queries: int) -> None:
+        super().__init__(dim, dim, kernel_size=num_queries)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, M, C) -> (B, 1, C)."""
+        if x.shape[1] != self.kernel_size[0]:
+            raise ValueError(f"the collapse takes {self.kernel_size[0]} tokens, got {x.shape[1]}")
+        flat = x.transpose(1, 2).reshape(x.shape[0], -1)  # (B, C*M) in the weight's (channel, position) order
+        return F.linear(flat, self.weight.view(self.out_channels, -1), self.bias).unsqueeze(1)
+
+
 class ContextModule(nn.Module):
     """Turns the reasoner's hidden states at the M query positions into SAM 2 sparse prompts."""
 
@@ -77,7 +97,7 @@ class ContextModule(nn.Module):
         super().__init__()
         self.context_queries = nn.Parameter(torch.empty(1, num_queries, dim))
         self.connector = Connector(dim, num_queries, cfg)
-        self.query_collapse = nn.Conv1d(dim, dim, kernel_size=num_queries) if collapse else None
+        self.query_collapse = SequenceCollapse(dim, num_queries) if collapse else None
         self.proj_to_sam = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, SAM_PROMPT_DIM))
         self.reset_parameters()
 
@@ -101,5 +121,5 @@ class ContextModule(nn.Module):
         """(B, M, C) last-layer query states -> (B, K, 256) prompts; K = 1 with the collapse, else M."""
         x = self.connector(query_states)
         if self.query_collapse is not None:
-            x = self.query_collapse(x.transpose(1, 2)).transpose(1, 2)
+            x = self.query_collapse(x)
         return self.proj_to_sam(x)

@@ -64,20 +64,25 @@ def resolve_device(device: str) -> torch.device:
 def load_model(name_or_path: str, device: str = "cpu", dtype: str | torch.dtype = "auto", **overrides) -> LensModel:
     """Load a LENS model by built-in name, local folder or Hugging Face hub id, ready for inference.
 
-    ``overrides`` replace LensConfig fields (for example ``template="reasoning"``).
+    ``overrides`` replace LensConfig fields (for example ``template="reasoning"``). ``profile`` (a
+    released repo id) chooses the settings of an authors' checkpoint whose folder does not tell which
+    one it is (``lens_model.released_profiles``).
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if name_or_path == TINY_RANDOM:
+    profile = overrides.pop("profile", None)
+    directory = None if name_or_path == TINY_RANDOM else locate(name_or_path)
+    from lens_model import released
+
+    if directory is not None and released.is_released_checkpoint(directory):
+        model = released.load_released(directory, profile=profile, **overrides)
+    elif profile is not None:
+        raise LensError(f"profile= chooses the settings of the authors' released checkpoints; {name_or_path} is not "
+                        "one (its config.json carries its own settings)")
+    elif directory is None:
         model = build_tiny_random(**overrides)
     else:
-        directory = locate(name_or_path)
-        from lens_model import released
-
-        if released.is_released_checkpoint(directory):
-            model = released.load_released(directory, **overrides)
-        else:
-            model = load_native(directory, **overrides)
+        model = load_native(directory, **overrides)
     return model.to(device=dev, dtype=torch_dtype).eval()
 
 

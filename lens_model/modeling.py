@@ -15,6 +15,7 @@ from lens_model import sam_head
 from lens_model.answer_parser import map_box, parse_answer
 from lens_model.config import LensConfig
 from lens_model.context import ContextModule
+from lens_model.decoding import generate_kwargs
 from lens_model.errors import InputError
 from lens_model.processor import EncodedImage, EncodedPrompts, ReasonerProcessor
 from lens_model.prompts import clean_query
@@ -113,8 +114,13 @@ class LensModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.context.context_queries.dtype
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The tokens that end an answer: the checkpoint's generation config's, else the tokenizer's."""
+        return self.config.generation.eos_token_ids or self.processor.eos_token_ids
+
     def encode_image(self, image: np.ndarray) -> EncodedImage:
-        return self.processor.encode_image(image)
+        return self.processor.encode_image(image, self.config.preprocessing.reasoner_longest_side)
 
     def vision_embeds(self, encoded: EncodedImage, reasoner: nn.Module | None = None) -> torch.Tensor:
         """Vision-tower features for one image: (num_tokens, C). ``reasoner`` defaults to the model's own."""
@@ -124,7 +130,8 @@ class LensModel(nn.Module):
         return out.pooler_output[0]
 
     def sam_features(self, images: list[np.ndarray]) -> sam_head.SamImageFeatures:
-        pixels = torch.stack([sam_head.preprocess(img, self.config.sam_image_size) for img in images])
+        resize = self.config.preprocessing.sam_resize
+        pixels = torch.stack([sam_head.preprocess(img, self.config.sam_image_size, resize) for img in images])
         return sam_head.encode_images(self.sam, pixels.to(self.device, self.dtype))
 
     def encode_prompts(self, queries: list[str], encoded: list[EncodedImage], template: str | None = None) -> EncodedPrompts:
@@ -144,15 +151,10 @@ class LensModel(nn.Module):
         keep_cache: bool = False,
         **overrides,
     ) -> Generation:
-        """Generate answers; ``vision`` holds one precomputed feature tensor per prompt row."""
-        gen = self.config.generation
-        settings = dict(
-            max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, temperature=gen.temperature,
-            top_p=gen.top_p, top_k=gen.top_k, repetition_penalty=gen.repetition_penalty,
-        )
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        if not settings["do_sample"]:
-            settings.update(temperature=None, top_p=None, top_k=None)
+        """Generate answers; ``vision`` holds one precomputed feature tensor per prompt row. ``overrides``
+        replace decoding settings (``lens_model.decoding.generate_kwargs``)."""
+        settings = generate_kwargs(self.config.generation, prompts.input_ids.shape[1],
+                                   self.processor.placeholder_token_ids, **overrides)
         out = self.reasoner.generate(
             input_ids=prompts.input_ids,
             attention_mask=prompts.attention_mask,
@@ -160,9 +162,8 @@ class LensModel(nn.Module):
             image_grid_thw=grid_thw.to(self.device),
             mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=tuple(vision))},
             num_return_sequences=num_return_sequences,
-            eos_token_id=self.processor.eos_token_ids,
+            eos_token_id=self.eos_token_ids,
             pad_token_id=self.processor.pad_token_id,
-            suppress_tokens=self.processor.placeholder_token_ids,
             return_dict_in_generate=True,
             use_cache=True,
             **settings,
@@ -170,7 +171,7 @@ class LensModel(nn.Module):
         completion = out.sequences[:, prompts.input_ids.shape[1]:]
         if completion.shape[1] == 0:  # zero new tokens: keep one pad so every row has a "last token"
             completion = completion.new_full((completion.shape[0], 1), self.processor.pad_token_id)
-        attention = completion_mask(completion, self.processor.eos_token_ids)
+        attention = completion_mask(completion, self.eos_token_ids)
         cache = out.past_key_values if keep_cache else None
         deltas = self.reasoner.model.rope_deltas if keep_cache else None
         return Generation(completion, attention, cache, deltas)
@@ -184,15 +185,17 @@ class LensModel(nn.Module):
     ) -> torch.Tensor:
         """States of the M context queries placed after prompt + completion (scheme per config)."""
         queries = self.context.context_queries
+        attention = generation.completion_attention
+        if self.config.preprocessing.mask_pad_in_query_pass:
+            attention = attention * (generation.completion_ids != self.processor.pad_token_id)
         if self.config.reuses_kv_cache and generation.cache is not None:
             return cached_query_pass(
-                self.reasoner, prompts, generation.completion_ids, generation.completion_attention,
+                self.reasoner, prompts, generation.completion_ids, attention,
                 generation.cache, generation.rope_deltas, queries,
             )
         return full_query_pass(
             self.reasoner, prompts, grid_thw.to(self.device), torch.cat(vision), generation.completion_ids,
-            generation.completion_attention, queries, self.processor.pad_token_id,
-            self.config.query_positions,
+            attention, queries, self.processor.pad_token_id, self.config.query_positions,
         ).query_states
 
     def segment(self, query_states: torch.Tensor, features: sam_head.SamImageFeatures, repeat_image: bool):
@@ -279,7 +282,8 @@ class LensModel(nn.Module):
         image = validate_image(image)
         if not queries:
             return []
-        queries = [clean_query(q, self.config.max_query_chars) for q in queries]
+        collapse = self.config.preprocessing.collapse_whitespace
+        queries = [clean_query(q, self.config.max_query_chars, collapse) for q in queries]
         timer, device = StageTimer(), self.device
         height, width = image.shape[:2]
         with timer.stage("preprocess", device):
@@ -314,7 +318,7 @@ class LensModel(nn.Module):
     def _result(self, query: str, mask: np.ndarray, iou: float, generation: Generation, row: int,
                 resized: tuple[int, int], original: tuple[int, int]) -> SegmentationResult:
         ids = generation.completion_ids[row][generation.completion_attention[row].bool()].tolist()
-        answer = self.processor.decode([t for t in ids if t not in self.processor.eos_token_ids]).strip()
+        answer = self.processor.decode([t for t in ids if t not in self.eos_token_ids]).strip()
         parsed = parse_answer(answer)
         box = map_box(parsed.box, resized, original) if parsed.box is not None else None
         status = parsed.status if parsed.box is None else ("ok" if box is not None else "box outside the image")
@@ -332,6 +336,7 @@ class LensModel(nn.Module):
             "random_weights": self.config.random_weights,
             "query_positions": self.config.query_positions,
             "prompt_collapse": self.config.prompt_collapse,
+            "profile": self.config.profile or "native",
         }
 
     # ------------------------------------------------------------------ persistence

@@ -51,6 +51,14 @@ def token_at(point: tuple[float, float], size: tuple[float, float], grid: tuple[
     return row * cols + col
 
 
+def resize_longest(image: Image.Image, longest_side: int) -> Image.Image:
+    """``image`` scaled so its longest side is ``longest_side`` (also enlarging), with the authors'
+    arithmetic (sizes truncated to integers) and PIL's default bicubic filter."""
+    width, height = image.size
+    scale = longest_side / width if width > height else longest_side / height
+    return image.resize((max(int(width * scale), 1), max(int(height * scale), 1)), Image.BICUBIC)
+
+
 class ReasonerProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: Qwen2VLImageProcessorPil, chat_template: str):
         self.tokenizer = tokenizer
@@ -82,8 +90,14 @@ class ReasonerProcessor:
             messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
         )
 
-    def encode_image(self, image: np.ndarray) -> EncodedImage:
-        out = self.image_processor(images=[Image.fromarray(image)], return_tensors="pt")
+    def encode_image(self, image: np.ndarray, longest_side: int = 0) -> EncodedImage:
+        """Patches of ``image`` at the reasoner's resolution (smart resize to min..max pixels, multiple
+        of patch x merge size); ``longest_side`` first resizes it to that longest side, as the authors'
+        ReasonSeg pipeline did (``Preprocessing.reasoner_longest_side``)."""
+        pil = Image.fromarray(image)
+        if longest_side:
+            pil = resize_longest(pil, longest_side)
+        out = self.image_processor(images=[pil], return_tensors="pt")
         grid = out["image_grid_thw"]
         patch = int(self.image_processor.patch_size)
         _, gh, gw = (int(v) for v in grid[0])

@@ -15,10 +15,25 @@ REASONING_TEMPLATE = (
     '"label": "object"}}]</answer>.'
 )
 TEMPLATES = {"direct": DIRECT_TEMPLATE, "reasoning": REASONING_TEMPLATE}
+# The authors' "samr1_v4" user turn, word for word (their sentences are joined without spaces): the
+# prompt ``OuyBin/LENS_ReasonSeg_CoT`` was trained and evaluated with. It asks for the think/answer
+# format, so that checkpoint loads with template "reasoning" and this as its ``instruction``.
+SAMR1_V4_INSTRUCTION = (
+    'Locate "{query}", report the bbox coordinates in JSON format.'
+    "Compare the difference between objects and find the most closely matched one."
+    "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+    "Output the one bbox inside the interested object in JSON format."
+    "i.e., <think>thinking process here</think>"
+    "<answer>answer here</answer>"
+)
 
 
-def clean_query(query: object, max_chars: int) -> str:
-    """Validate a referring expression: a non-empty string of at most ``max_chars`` characters."""
+def clean_query(query: object, max_chars: int, collapse_whitespace: bool = True) -> str:
+    """Validate a referring expression: a non-empty string of at most ``max_chars`` characters.
+
+    With ``collapse_whitespace`` runs of whitespace become one space and the ends are stripped;
+    without it the text is returned as given (the authors' code tokenises queries verbatim).
+    """
     if isinstance(query, bytes):
         try:
             query = query.decode("utf-8")
@@ -30,8 +45,9 @@ def clean_query(query: object, max_chars: int) -> str:
         query.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: undecodable bytes smuggled into a str
         raise InputError("query is not valid UTF-8 text (it holds lone surrogates)") from None
-    query = " ".join(query.split())
-    if not query:
+    if collapse_whitespace:
+        query = " ".join(query.split())
+    if not query.strip():
         raise InputError("query is empty")
     if len(query) > max_chars:
         raise InputError(f"query is {len(query)} characters long; the limit is {max_chars}")

@@ -10,7 +10,8 @@ Their layout (transformers 4.51, class ``SAMR1ForConditionalGeneration_qwen2p5``
 
 Transformers >= 4.52 moved the Qwen modules (``model.language_model.*``, ``model.visual.*``); both
 namings are accepted. The checkpoint's conventions are kept: one collapsed SAM prompt token and
-sequential positions in the query pass.
+sequential positions in the query pass; its ``generation_config.json`` (``lens_model.generation_file``)
+and the preprocessing, prompt and length cap of the checkpoint it is (``lens_model.released_profiles``).
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import Qwen2_5_VLConfig
 
 from lens_model import sam_head
-from lens_model.config import RELEASED_SAM2_OVERRIDES, ConnectorConfig, LensConfig
+from lens_model.config import RELEASED_SAM2_OVERRIDES, ConnectorConfig, GenerationConfig, LensConfig
 from lens_model.errors import CheckpointFormatError, one_line
+from lens_model.generation_file import read_generation_file
 from lens_model.hub import assemble_from
 from lens_model.modeling import LensModel
 from lens_model.processor import ReasonerProcessor
+from lens_model.released_profiles import identify, released_profile
 from lens_model.weights import checkpoint_shapes
 
 RELEASED_ARCHITECTURE = "SAMR1ForConditionalGeneration_qwen2p5"
@@ -100,7 +103,9 @@ def reasoner_config(raw: dict) -> Qwen2_5_VLConfig:
     )
 
 
-def load_released(directory: Path, **overrides) -> LensModel:
+def load_released(directory: Path, profile: str | None = None, **overrides) -> LensModel:
+    """The released checkpoint in ``directory``; ``profile`` (a repo id such as "OuyBin/LENS_ReasonSeg_CoT")
+    chooses its settings when the folder cannot tell, ``overrides`` replace LensConfig fields."""
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     keys = checkpoint_shapes(directory)
     depth = len({m.group(1) for k in keys if (m := re.match(r"connector\.blocks\.(\d+)\.", k))})
@@ -112,6 +117,12 @@ def load_released(directory: Path, **overrides) -> LensModel:
     except (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError) as exc:
         raise CheckpointFormatError(
             f"{directory}/config.json is not a usable released LENS config: {one_line(exc)}") from None
+    name = profile or identify(directory, raw)
+    settings = released_profile(name)
+    generation = GenerationConfig(**settings.length_cap(), **read_generation_file(directory))
+    if any(t >= qwen.text_config.vocab_size for t in generation.eos_token_ids or ()):
+        raise CheckpointFormatError(f"{directory}/generation_config.json names end ids {generation.eos_token_ids} "
+                                    f"outside the vocabulary of {qwen.text_config.vocab_size} tokens")
     config = LensConfig(
         reasoner=str(directory),
         reasoner_config=qwen.to_dict(),
@@ -121,8 +132,9 @@ def load_released(directory: Path, **overrides) -> LensModel:
         query_positions="sequential",
         sam2_config="configs/sam2/sam2_hiera_l.yaml",
         sam2_overrides=list(RELEASED_SAM2_OVERRIDES),
-        template="direct",
+        generation=generation,
         name=directory.name,
+        **settings.settings(name),
     )
     config = dataclasses.replace(config, **overrides)
     config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -98,9 +99,17 @@ def load_sam2_checkpoint(sam: torch.nn.Module, path: str | Path) -> None:
         )
 
 
-def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
-    """RGB uint8 HxWx3 -> normalised float tensor (3, size, size), squashed without keeping aspect."""
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
+def preprocess(image: np.ndarray, size: int, resize: str = "pil_bilinear") -> torch.Tensor:
+    """RGB uint8 HxWx3 -> normalised float tensor (3, size, size), squashed without keeping aspect.
+
+    ``resize``: "pil_bilinear" (PIL's antialiased bilinear filter, as torchvision resizes a PIL image:
+    the authors' RefCOCO and GroundingSuite inputs) or "cv2_linear" (``cv2.resize`` INTER_LINEAR,
+    no antialiasing: the authors' ReasonSeg inputs).
+    """
+    if resize == "cv2_linear":
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    else:
+        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
     tensor = torch.from_numpy(resized).permute(2, 0, 1)
     mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
     std = torch.tensor(PIXEL_STD).view(3, 1, 1)

@@ -78,7 +78,20 @@ def released_config(model: LensModel) -> dict:
     }
 
 
-def write_released_checkpoint(model: LensModel, directory: Path, include_lm_head: bool = True) -> None:
+def released_generation_config(model: LensModel, repetition_penalty: float = 1.05) -> dict:
+    """What the authors' save_pretrained writes: Qwen2.5-VL-3B-Instruct's generation config (with this
+    tokenizer's ids), inherited unchanged."""
+    tokens = model.processor.tokenizer.convert_tokens_to_ids
+    return {
+        "bos_token_id": tokens("<|endoftext|>"), "pad_token_id": tokens("<|endoftext|>"), "do_sample": True,
+        "eos_token_id": [tokens("<|im_end|>"), tokens("<|endoftext|>")], "repetition_penalty": repetition_penalty,
+        "temperature": 0.1, "top_p": 0.001, "top_k": 1, "transformers_version": "4.51.3",
+    }
+
+
+def write_released_checkpoint(model: LensModel, directory: Path, include_lm_head: bool = True,
+                              generation: dict | None = None) -> None:
+    """``generation``: the generation_config.json to write (None: none, as the older tests expect)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in model.state_dict().items():
@@ -90,3 +103,5 @@ def write_released_checkpoint(model: LensModel, directory: Path, include_lm_head
     model.processor.tokenizer.save_pretrained(directory)
     model.processor.image_processor.save_pretrained(directory)
     (directory / "chat_template.json").write_text(json.dumps({"chat_template": model.processor.chat_template}))
+    if generation is not None:
+        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))

@@ -1,10 +1,12 @@
 """Evaluate a LENS model: gIoU, cIoU, box accuracy, parse failures and generated length.
 
     python -m training.evaluate --model ID_OR_PATH --data DIR --dataset refcoco --split val \
-        [--output results.json] [--limit N] [--batch-size 8] [--device cuda] [--group-by KEY]
+        [--output results.json] [--limit N] [--batch-size 8] [--device cuda] [--group-by KEY] \
+        [--protocol corrected|paper]
 
 Every referring expression is one sample, scored at the original image resolution against the
-binarised ground truth with ignore regions excluded (see ``training.metrics``). Expressions of one
+binarised ground truth with ignore regions excluded (see ``training.metrics``); ``--protocol paper``
+scores as the authors' evaluation did instead (``training.protocol``). Expressions of one
 image are predicted together (``predict_many`` shares the image encodings). Partial results are
 saved atomically every few batches next to the output, so an evaluation that dies resumes where
 it stopped. Under a distributed launcher each rank scores every world_size-th sample and rank 0
@@ -23,10 +25,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lens_model.prompts import TEMPLATES
 from training.common import distributed
 from training.data.registry import DATASET_NAMES, load_dataset
 from training.data.sample import Sample
 from training.metrics import SegmentationMeter
+from training.protocol import PROTOCOLS, Planned, Protocol, check_supported, paper_model_config, plan, prepare, score_mask
 
 PERCENT_KEYS = ("gIoU", "cIoU", "box_iou", "box_accuracy", "parse_failure_rate")
 
@@ -42,12 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="expressions of one image predicted together")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--template", choices=["direct", "reasoning"], default=None)
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--save-every", type=int, default=20, help="save partial results every N batches")
     parser.add_argument("--restart", action="store_true", help="ignore saved partial results")
     parser.add_argument("--group-by", default=None, metavar="KEY",
                         help="also report metrics per value of this per-query field (e.g. is_sentence, expression_type)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="corrected",
+                        help="corrected: this project's metrics; paper: the authors' evaluation, to compare with "
+                             "the paper's tables (see docs/training.md)")
     return parser
 
 
@@ -69,8 +76,9 @@ def group_label(sample: Sample, key: str) -> str:
     return "missing" if value is None else str(value).lower()
 
 
-def score(meter: SegmentationMeter, sample: Sample, result, group_by: str | None = None) -> None:
-    meter.add_mask(sample.sample_id, result.mask, sample.mask, sample.ignore)
+def score(meter: SegmentationMeter, sample: Sample, result, group_by: str | None = None,
+          protocol: Protocol = "corrected", dataset=None, planned: Planned | None = None) -> None:
+    score_mask(meter, protocol, dataset, planned, sample, result.mask)
     meter.add_box(sample.sample_id, result.box, sample.box)
     meter.add_generation(sample.sample_id, result.box is not None, result.generated_tokens)
     if group_by is not None:
@@ -79,21 +87,29 @@ def score(meter: SegmentationMeter, sample: Sample, result, group_by: str | None
 
 def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | None = None, batch_size: int = 8,
                    template: str | None = None, max_new_tokens: int | None = None, rank: int = 0, world_size: int = 1,
-                   on_batch=None, progress: bool = True, group_by: str | None = None) -> SegmentationMeter:
-    """Score every not-yet-scored sample of this rank's shard into ``meter``."""
-    indices = [i for i in range(len(dataset) if limit is None else min(limit, len(dataset))) if i % world_size == rank]
+                   on_batch=None, progress: bool = True, group_by: str | None = None,
+                   protocol: Protocol = "corrected") -> SegmentationMeter:
+    """Score every not-yet-scored sample of this rank's shard into ``meter`` (``protocol``: which
+    samples and how, ``training.protocol``; the model's settings are the caller's to choose)."""
+    check_supported(protocol, dataset)
+    planned = plan(dataset, protocol, limit, rank, world_size)
+    origin: dict[str, Planned] = {}
 
     def pending() -> Iterator[Sample]:
-        for index in indices:
-            sample = dataset[index]
-            if sample is not None and sample.sample_id not in meter:
+        for item in planned:
+            sample = dataset[item.index]
+            if sample is None:
+                continue
+            sample = prepare(sample, item, protocol, dataset)
+            if sample.sample_id not in meter:
+                origin[sample.sample_id] = item
                 yield sample
 
-    bar = tqdm(total=len(indices), initial=len(meter), desc="evaluate", unit="expr", disable=not progress)
+    bar = tqdm(total=len(planned), initial=len(meter), desc="evaluate", unit="expr", disable=not progress)
     for batch in image_batches(pending(), batch_size):
         results = model.predict_many(batch[0].image, [s.text for s in batch], template=template, max_new_tokens=max_new_tokens)
         for sample, result in zip(batch, results):
-            score(meter, sample, result, group_by)
+            score(meter, sample, result, group_by, protocol, dataset, origin.pop(sample.sample_id))
         summary = meter.summary()
         # refresh=False: the update below redraws, at most once per mininterval (TQDM_MININTERVAL in logs)
         bar.set_postfix(gIoU=f"{100 * (summary['gIoU'] or 0):.1f}", cIoU=f"{100 * (summary['cIoU'] or 0):.1f}",
@@ -175,13 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output or f"eval_{args.dataset}_{args.split or 'all'}.json")
     run = {"model": args.model, "dataset": args.dataset, "split": args.split, "data": str(Path(args.data).resolve()),
            "template": args.template, "max_new_tokens": args.max_new_tokens, "limit": args.limit,
-           **({"group_by": args.group_by} if args.group_by else {})}
+           **({"group_by": args.group_by} if args.group_by else {}),
+           **({"protocol": args.protocol} if args.protocol != "corrected" else {})}
     try:
         dataset = load_dataset(args.dataset, args.data, args.split, per="sentence")
+        check_supported(args.protocol, dataset)
         model = load_model(args.model, device=device, dtype=args.dtype)
     except (LensError, OSError, ValueError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
+    if args.protocol == "paper":
+        model.config = paper_model_config(model.config, dataset)
     if model.config.random_weights:
         print("WARNING: evaluating a model with RANDOM weights.", file=sys.stderr)
     partial = PartialResults(output, run, rank)
@@ -195,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_evaluation(model, dataset, meter, limit=args.limit, batch_size=args.batch_size, template=args.template,
                    max_new_tokens=args.max_new_tokens, rank=rank, world_size=world, on_batch=checkpoint,
-                   progress=distributed.is_main(), group_by=args.group_by)
+                   progress=distributed.is_main(), group_by=args.group_by, protocol=args.protocol)
     partial.save(meter)
     meters = distributed.all_gather_object(meter)
     if distributed.is_main():

@@ -7,6 +7,9 @@
 - Box IoU (0 for an invalid or degenerate box, never a division by zero) and accuracy at IoU >= 0.5.
 - Generation statistics: answer parse-failure rate and mean generated length in tokens.
 
+``histogram_iou`` counts as the authors' evaluation did (``--protocol paper``, see
+``training.protocol``): ground-truth values other than 0, 1 and 255 are neither target nor ignored.
+
 ``SegmentationMeter`` keeps per-expression counts keyed by sample id, refuses to score an id twice
 (padding duplicates from distributed samplers would otherwise bias the result) and round-trips
 through ``to_dict``/``from_dict`` so an interrupted evaluation can be saved and resumed.
@@ -55,6 +58,23 @@ def mask_iou(
         keep = ignore == 0
         pred, gt = pred & keep, gt & keep
     return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
+
+
+def histogram_iou(pred: np.ndarray | torch.Tensor, gt_values: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    """Foreground (intersection, union) as LISA's ``intersectionAndUnionGPU(pred, gt, 2, ignore_index=255)``
+    counts them, which the authors' evaluation used on unbinarised ground truth.
+
+    ``gt_values`` holds per-pixel values: 1 is target, 255 is ignored (the prediction there too), and
+    any other value (2 where two summed polygons overlap) falls outside the histogram: it is neither
+    target nor intersection, but a predicted pixel there still counts in the union.
+    """
+    pred, gt = _as_numpy(pred) != 0, _as_numpy(gt_values)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    kept = gt != 255
+    predicted = pred & kept
+    intersection = int(np.count_nonzero(predicted & (gt == 1)))
+    return intersection, int(np.count_nonzero(predicted)) + int(np.count_nonzero(gt == 1)) - intersection
 
 
 def expression_iou(intersection: int, union: int) -> float:
@@ -133,8 +153,12 @@ class SegmentationMeter:
         ignore: np.ndarray | torch.Tensor | None = None,
     ) -> float:
         """Score one expression's predicted mask; returns its IoU."""
+        return self.add_counts(sample_id, *mask_iou(pred, gt, ignore))
+
+    def add_counts(self, sample_id: str, intersection: int, union: int) -> float:
+        """Score one expression from its pixel counts (as another protocol counted them); returns its IoU."""
         _check_new(sample_id, self.masks, "mask")
-        self.masks[sample_id] = mask_iou(pred, gt, ignore)
+        self.masks[sample_id] = (int(intersection), int(union))
         return expression_iou(*self.masks[sample_id])
 
     def add_box(self, sample_id: str, pred_box: Sequence[float] | None, gt_box: Sequence[float]) -> float:
