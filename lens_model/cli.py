@@ -100,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         if model.config.random_weights:
             print("WARNING: this model has RANDOM weights (a smoke-test model); its masks and answers are meaningless.",
                   file=sys.stderr)
-        result = model.predict(image, query, template=args.template, max_new_tokens=args.max_new_tokens)
+        # The model gets the query as typed: it decides how to normalise it (released checkpoints keep it verbatim).
+        result = model.predict(image, args.query, template=args.template, max_new_tokens=args.max_new_tokens)
 
         outputs.write("mask.png", _png(result.mask.astype(np.uint8) * 255))
         outputs.write("overlay.png", _png(cv2.cvtColor(draw_overlay(image, result), cv2.COLOR_RGB2BGR)))

@@ -207,8 +207,8 @@ class LensModel(nn.Module):
     def encode_completions(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded token ids of completion texts, each ending in the end-of-turn token, and their mask."""
         tokenizer = self.processor.tokenizer
-        eos = self.processor.eos_token_ids[0]
-        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+        end = self.processor.end_of_turn_id
+        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [end] for t in texts]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.processor.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -23,6 +23,7 @@ from lens_model.typed_json import CheckedFields, bounded, from_json
 
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 IMAGE_PAD = "<|image_pad|>"
+END_OF_TURN = "<|im_end|>"
 PATCHING_KEYS = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
 PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
@@ -69,6 +70,10 @@ class ReasonerProcessor:
             {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tokenizer.unk_token_id}
         )
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[-1]
+        # What ends an assistant turn in the chat format, and so every teacher-forced answer.
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        if self.end_of_turn_id in (None, tokenizer.unk_token_id):
+            raise CheckpointFormatError(f"the tokenizer has no {END_OF_TURN} token, which ends every chat turn")
         # Vision placeholders belong to prompts only; generation must never emit them.
         self.placeholder_token_ids = sorted(
             {tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDER_TOKENS} - {None, tokenizer.unk_token_id}

@@ -35,8 +35,23 @@ def test_completion_encoding_ends_with_end_of_turn(setup):
     ids, mask = model.encode_completions(texts)
     for row in range(2):
         last = int(mask[row].sum()) - 1
-        assert ids[row, last].item() == model.processor.eos_token_ids[0]
+        assert ids[row, last].item() == model.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert model.processor.decode(ids[0, : int(mask[0].sum()) - 1].tolist()) == texts[0]
+
+
+def test_answers_end_with_im_end_when_endoftext_also_ends_generation(setup):
+    """In Qwen's own tokenizers <|endoftext|> (151643) is an end token listed before <|im_end|>
+    (151645); a teacher-forced answer still ends the turn as the chat format does, with <|im_end|>."""
+    model, _, _, _, _, texts = setup
+    tokenizer = model.processor.tokenizer
+    end_ids = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    original = model.processor.eos_token_ids
+    model.processor.eos_token_ids = end_ids  # Qwen's order
+    try:
+        ids, mask = model.encode_completions(texts)
+    finally:
+        model.processor.eos_token_ids = original
+    assert ids[0, int(mask[0].sum()) - 1].item() == end_ids[1]
 
 
 @torch.no_grad()
