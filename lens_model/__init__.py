@@ -11,7 +11,11 @@ from typing import Any
 _LAZY = {
     "LensConfig": "lens_model.config",
     "LensModel": "lens_model.modeling",
-    "load_model": "lens_model.hub",
+    "LensOutput": "lens_model.modeling",
+    "build_lens": "lens_model.modeling",
+    "LensPredictor": "lens_model.predictor",
+    "load_model": "lens_model.checkpoints",
+    "save_model": "lens_model.checkpoints",
     "SegmentationResult": "lens_model.result",
     "parse_answer": "lens_model.answer_parser",
 }

@@ -85,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from lens_model.prompts import clean_query
 
-    from lens_model.hub import load_model, resolve_device, resolve_dtype
+    from lens_model.hub import resolve_device, resolve_dtype
+    from lens_model.predictor import LensPredictor
 
     query = clean_query(args.query, max_chars=2000)
     image = read_image_file(args.image, apply_exif_orientation=True)
@@ -95,13 +96,13 @@ def _run(args: argparse.Namespace) -> int:
 
         print(f"Loading model {args.model} on {args.device}...", file=sys.stderr)
         start = time.perf_counter()
-        model = load_model(args.model, device=args.device, dtype=dtype)
+        predictor = LensPredictor.from_pretrained(args.model, device=args.device, dtype=dtype)
         print(f"Model ready in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
-        if model.config.random_weights:
+        if predictor.model.config.random_weights:
             print("WARNING: this model has RANDOM weights (a smoke-test model); its masks and answers are meaningless.",
                   file=sys.stderr)
         # The model gets the query as typed: it decides how to normalise it (released checkpoints keep it verbatim).
-        result = model.predict(image, args.query, template=args.template, max_new_tokens=args.max_new_tokens)
+        result = predictor.predict(image, args.query, template=args.template, max_new_tokens=args.max_new_tokens)
 
         outputs.write("mask.png", _png(result.mask.astype(np.uint8) * 255))
         outputs.write("overlay.png", _png(cv2.cvtColor(draw_overlay(image, result), cv2.COLOR_RGB2BGR)))

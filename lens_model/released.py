@@ -27,11 +27,9 @@ from lens_model import sam_head
 from lens_model.config import RELEASED_SAM2_OVERRIDES, ConnectorConfig, GenerationConfig, LensConfig
 from lens_model.errors import CheckpointFormatError, one_line
 from lens_model.generation_file import read_generation_file
-from lens_model.hub import assemble_from
-from lens_model.modeling import LensModel
-from lens_model.processor import ReasonerProcessor
+from lens_model.reasoner import qwen_key
 from lens_model.released_profiles import identify, released_profile
-from lens_model.weights import checkpoint_shapes
+from lens_model.weights import WeightSource, checkpoint_shapes
 
 RELEASED_ARCHITECTURE = "SAMR1ForConditionalGeneration_qwen2p5"
 CONNECTOR_HEADS = 16  # hard-coded in the authors' connector
@@ -54,12 +52,7 @@ KEY_MAP = (
     ("conv_1d.", "context.query_collapse."),
     ("proj_to_sam.", "context.proj_to_sam."),
     ("sam.", "sam."),
-    ("model.language_model.", "reasoner.model.language_model."),
-    ("model.visual.", "reasoner.model.visual."),
-    ("visual.", "reasoner.model.visual."),
-    ("model.", "reasoner.model.language_model."),
-    ("lm_head.", "reasoner.lm_head."),
-)
+)  # then the Qwen-VL tensors, under ``reasoner.`` (lens_model.reasoner.qwen_key)
 MEMORY_PREFIXES = tuple(f"sam.{name}" for name in sam_head.MEMORY_MODULES)
 
 
@@ -80,7 +73,8 @@ def rename_key(key: str) -> str | None:
     for old, new in KEY_MAP:
         if key == old or key.startswith(old):
             return new + key[len(old):]
-    return key
+    name = qwen_key(key)
+    return key if name is None else "reasoner." + name
 
 
 def reasoner_config(raw: dict) -> Qwen2_5_VLConfig:
@@ -103,9 +97,10 @@ def reasoner_config(raw: dict) -> Qwen2_5_VLConfig:
     )
 
 
-def load_released(directory: Path, profile: str | None = None, **overrides) -> LensModel:
-    """The released checkpoint in ``directory``; ``profile`` (a repo id such as "OuyBin/LENS_ReasonSeg_CoT")
-    chooses its settings when the folder cannot tell, ``overrides`` replace LensConfig fields."""
+def read_released(directory: Path, profile: str | None = None, **overrides) -> tuple[LensConfig, WeightSource]:
+    """The config and weights of the released checkpoint in ``directory``; ``profile`` (a repo id such as
+    "OuyBin/LENS_ReasonSeg_CoT") chooses its settings when the folder cannot tell, ``overrides``
+    replace LensConfig fields."""
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     keys = checkpoint_shapes(directory)
     depth = len({m.group(1) for k in keys if (m := re.match(r"connector\.blocks\.(\d+)\.", k))})
@@ -138,6 +133,4 @@ def load_released(directory: Path, profile: str | None = None, **overrides) -> L
     )
     config = dataclasses.replace(config, **overrides)
     config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
-    processor = ReasonerProcessor.load(directory, config.min_pixels, config.max_pixels)
-    return assemble_from(config, processor, directory, rename=rename_key,
-                         optional=lambda model, key: key == "reasoner.lm_head.weight")
+    return config, WeightSource(directory, rename=rename_key, optional=lambda key: key == "reasoner.lm_head.weight")

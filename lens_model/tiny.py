@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLConfig, Qwen2TokenizerFast, Qwen2VLImageProcessorPil
 
+from lens_model import sam_head
 from lens_model.builtin import TINY_RANDOM
 from lens_model.config import ConnectorConfig, GenerationConfig, LensConfig
+from lens_model.modeling import LensModel, build_lens
 from lens_model.processor import ReasonerProcessor
 
 SPECIAL_TOKENS = (
@@ -136,3 +139,13 @@ def tiny_lens_config(**overrides) -> LensConfig:
     )
     values.update(overrides)
     return LensConfig(**values)
+
+
+def build_tiny_random(seed: int = 0, **overrides) -> LensModel:
+    """The ``tiny-random`` model: tiny Qwen2.5-VL + tiny SAM 2, random weights, deterministic for ``seed``."""
+    config = tiny_lens_config(**overrides)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config.reasoner_config = reasoner_config(tokenizer).to_dict()
+    config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
+    return build_lens(config, build_processor(tokenizer, config.min_pixels, config.max_pixels))

@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
@@ -105,6 +106,16 @@ def iter_tensors(directory: str | Path, device: str | torch.device = "cpu") -> I
 
 KeyRename = Callable[[str], "str | None"]
 KeyTest = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A folder of weight files, how its tensor names map to the model's (``rename``; None drops a
+    tensor), and which of the model's tensors it may lack (``optional``, e.g. a tied LM head)."""
+
+    directory: Path
+    rename: KeyRename = lambda key: key
+    optional: KeyTest = lambda key: False
 
 
 def match_checkpoint(

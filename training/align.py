@@ -8,7 +8,7 @@ Each sample is teacher-forced: prompt + the ground-truth answer written in the e
 produces at inference (JSON box in the reasoner's frame, or think/answer with the sample's reasoning)
 + the M queries; the loss is BCE + Dice of SAM 2's mask at the original resolution. Frozen encoder
 outputs (SAM 2 image features, reasoner vision features) are cached per image. The loop itself
-(checkpoints, resume, logging, evaluation, export) is ``training.loop.run_supervised``.
+(checkpoints, resume, logging, evaluation, export) is ``training.loop.train_stage``.
 """
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
+from training.batches import BatchEncoder
 from training.common.config import parse_cli
-from training.loop import meets_minimum, run_supervised, trainable_parameters
-from training.losses import MaskLossWeights
-from training.stage import BatchEncoder, StageConfig, build_seeded_model, segmentation_loss
+from training.common.engine import Engine
+from training.loop import meets_minimum, train_stage, trainable_parameters
+from training.losses import MaskLossWeights, segmentation_loss
+from training.stage_config import StageConfig
+from training.starting_model import build_seeded_model
 
 
 @dataclass
@@ -30,13 +33,12 @@ class AlignConfig(StageConfig):
     min_eval_giou: float = 0.0  # fail (after exporting) when the final validation gIoU is below this (0: no check)
 
 
-def align_step(model, encoder: BatchEncoder, samples, weights: MaskLossWeights):
-    template = model.config.template
+def align_loss(engine: Engine, encoder: BatchEncoder, samples, weights: MaskLossWeights):
+    template = encoder.model.config.template
     batch = encoder.encode(samples, template)
-    ids, mask = model.encode_completions(batch.teacher_answers(template))
-    _, states = model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask, with_logprobs=False)
-    logits, _ = model.segment(states, batch.sam_features, repeat_image=False)
-    loss, parts, ious = segmentation_loss(logits, samples, weights)
+    answers = encoder.model.encode_completions(batch.teacher_answers(template))
+    out = engine(batch.inputs, answers, batch.sam_features)
+    loss, parts, ious = segmentation_loss(out.mask_logits, samples, weights)
     metrics = {"loss": float(loss.detach()), **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
                "train_iou": sum(ious) / len(ious)}
     return loss, metrics
@@ -46,7 +48,7 @@ def train(cfg: AlignConfig) -> dict[str, float]:
     """Train and export; returns the final evaluation's metrics (empty without evaluation)."""
     model = build_seeded_model(cfg)
     params = trainable_parameters(model, list(cfg.trainable))
-    return run_supervised(cfg, "align", model, params, partial(align_step, weights=cfg.loss))
+    return train_stage(cfg, "align", model, params, partial(align_loss, weights=cfg.loss))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     advice = (f"the context module stayed on its plateau (SAM 2 segments every object), so GRPO would start from "
               f"unusable masks. The model is exported to {cfg.output_dir} all the same. Whether alignment leaves "
               f"the plateau depends on its random stream and on how well SAM 2 follows box prompts: train again "
-              f"with another `seed=` (docs/demo_model.md, tenth round).")
+              f"with another `seed=`, or give it a SAM 2 that segments what a box prompt points at.")
     return 0 if meets_minimum("align", train(cfg), "eval_gIoU", cfg.min_eval_giou, advice) else 1
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lens_model.predictor import LensPredictor
 from lens_model.prompts import TEMPLATES
 from training.common import distributed
 from training.data.registry import DATASET_NAMES, load_dataset
@@ -85,7 +86,7 @@ def score(meter: SegmentationMeter, sample: Sample, result, group_by: str | None
         meter.add_group(sample.sample_id, group_label(sample, group_by))
 
 
-def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | None = None, batch_size: int = 8,
+def run_evaluation(predictor: LensPredictor, dataset, meter: SegmentationMeter, *, limit: int | None = None, batch_size: int = 8,
                    template: str | None = None, max_new_tokens: int | None = None, rank: int = 0, world_size: int = 1,
                    on_batch=None, progress: bool = True, group_by: str | None = None,
                    protocol: Protocol = "corrected") -> SegmentationMeter:
@@ -107,7 +108,8 @@ def run_evaluation(model, dataset, meter: SegmentationMeter, *, limit: int | Non
 
     bar = tqdm(total=len(planned), initial=len(meter), desc="evaluate", unit="expr", disable=not progress)
     for batch in image_batches(pending(), batch_size):
-        results = model.predict_many(batch[0].image, [s.text for s in batch], template=template, max_new_tokens=max_new_tokens)
+        results = predictor.predict_many(batch[0].image, [s.text for s in batch], template=template,
+                                         max_new_tokens=max_new_tokens)
         for sample, result in zip(batch, results):
             score(meter, sample, result, group_by, protocol, dataset, origin.pop(sample.sample_id))
         summary = meter.summary()
@@ -175,7 +177,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lens_model.errors import LensError
-    from lens_model.hub import load_model
+    from lens_model.checkpoints import load_model
 
     if distributed.launcher_env().world_size > 1 and not distributed.is_distributed():
         import torch.distributed as dist
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if batches["n"] % args.save_every == 0:
             partial.save(m)
 
-    run_evaluation(model, dataset, meter, limit=args.limit, batch_size=args.batch_size, template=args.template,
+    run_evaluation(LensPredictor(model), dataset, meter, limit=args.limit, batch_size=args.batch_size, template=args.template,
                    max_new_tokens=args.max_new_tokens, rank=rank, world_size=world, on_batch=checkpoint,
                    progress=distributed.is_main(), group_by=args.group_by, protocol=args.protocol)
     partial.save(meter)

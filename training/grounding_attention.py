@@ -18,6 +18,7 @@ are B x L x L per grounded layer), not for a pretrained 3B model, which already 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -196,3 +197,26 @@ def grounding_attention_loss(
     if not terms:
         return attention[0].new_zeros(())
     return torch.cat(terms).mean()
+
+
+@dataclass
+class AttentionGrounding:
+    """The attention-grounding term as an SFT auxiliary loss (``training.sft.AuxiliaryLoss``)."""
+
+    section: GroundingAttentionSection
+
+    @property
+    def weight(self) -> float:
+        return self.section.weight
+
+    def observe(self, model) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        return recorded_attention(attention_modules(model.reasoner, self.section.layers), self.section.head)
+
+    def __call__(self, model, batch, answers: list[str], observed: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        grids = [model.processor.token_grid(g) for g in batch.inputs.grid_thw]
+        groundings = [completion_groundings(model.processor.tokenizer, answer, sample, box, size, grid, self.section)
+                      for answer, sample, box, size, grid in zip(answers, batch.samples, batch.gt_boxes_in_reasoner_frame(),
+                                                                   batch.resized_sizes, grids)]
+        term = grounding_attention_loss(observed, batch.inputs.prompts.input_ids, model.processor.image_token_id,
+                                        grids, groundings)
+        return term, {"grounding_attention": float(term.detach())}

@@ -1,4 +1,5 @@
-"""Mask losses for the segmentation head: BCE-with-logits, Dice and optional sigmoid focal loss.
+"""Mask losses for the segmentation head: BCE-with-logits, Dice and optional sigmoid focal loss,
+and ``segmentation_loss``, the mask loss of a batch of samples at their original resolution.
 
 All take logits and targets of shape [B, H, W] (targets in {0, 1}, bool or float) and an optional
 ``ignore`` mask of the same shape whose True pixels take no part. Each loss is computed per sample
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from lens_model import sam_head
+from training.data.sample import Sample
+from training.metrics import expression_iou, mask_iou
 
 DICE_SMOOTHING = 1.0
 
@@ -103,3 +108,23 @@ def mask_loss(
         components["focal"] = focal_loss(logits, targets, ignore, weights.focal_alpha, weights.focal_gamma)
     components["total"] = torch.stack([getattr(weights, name) * value for name, value in components.items()]).sum()
     return components
+
+
+def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample],
+                      weights: MaskLossWeights) -> tuple[torch.Tensor, dict[str, float], list[float]]:
+    """Mask loss of each row at its sample's original resolution (fp32), averaged over rows.
+
+    Returns the differentiable total, the mean of each component, and each row's mask IoU.
+    """
+    totals, sums, ious = [], {}, []
+    for logits, sample in zip(low_res_logits, samples):
+        full = sam_head.upsample_logits(logits[None], sample.height, sample.width)
+        target = torch.from_numpy(sample.mask).to(full.device)[None].float()
+        ignore = None if sample.ignore is None else torch.from_numpy(sample.ignore).to(full.device)[None]
+        parts = mask_loss(full, target, ignore, weights)
+        totals.append(parts["total"])
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        ious.append(expression_iou(*mask_iou((full[0] > 0).cpu().numpy(), sample.mask, sample.ignore)))
+    means = {name: value / len(samples) for name, value in sums.items()}
+    return torch.stack(totals).mean(), means, ious

@@ -11,24 +11,28 @@ whole reasoner; ``freeze_vision_tower`` keeps the vision tower fixed). With ``lo
 language model's ``lora.target_modules`` get LoRA adapters (peft) and the reasoner learns only through
 them, as in GRPO (``training.lora.lora_trainable``: ``trainable`` then only adds parts outside the
 reasoner); the adapters are merged into the weights before export, so the output is a plain LENS
-model. ``grounding_attention.weight > 0`` adds the attention-grounding loss of
-``training.grounding_attention`` (for reasoners trained from scratch). The loop (checkpoints, resume, logging, evaluation, export) is ``training.loop.run_supervised``; the periodic evaluation reports the
-parse-failure rate and the box accuracy of greedy generations.
+model. A recipe may add an ``AuxiliaryLoss`` term (the demo recipe grounds attention with one).
+The loop (checkpoints, resume, logging, evaluation, export) is ``training.loop.train_stage``; the
+periodic evaluation reports the parse-failure rate and the box accuracy of greedy generations.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, Protocol
 
 import torch
 
+from lens_model.modeling import LensModel
+from training.batches import BatchEncoder, ReasonerBatch
 from training.common.config import parse_cli
-from training.grounding_attention import (GroundingAttentionSection, attention_modules, completion_groundings,
-                                          grounding_attention_loss, recorded_attention)
+from training.common.engine import Engine
 from training.lora import LoraSection, merge_lora, stage_trainable
-from training.loop import VISION_TOWER, run_supervised
-from training.stage import BatchEncoder, StageConfig, build_seeded_model
+from training.loop import VISION_TOWER, train_stage
+from training.stage_config import StageConfig
+from training.starting_model import build_seeded_model
 
 
 @dataclass
@@ -37,7 +41,18 @@ class SFTConfig(StageConfig):
     trainable: list[str] = field(default_factory=lambda: ["reasoner."])
     freeze_vision_tower: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
-    grounding_attention: GroundingAttentionSection = field(default_factory=GroundingAttentionSection)
+
+
+class AuxiliaryLoss(Protocol):
+    """An extra term of the SFT loss, added with ``weight``: ``observe`` wraps the forward pass (to
+    record what the term reads of it), then the term is computed from the batch and the record."""
+
+    weight: float
+
+    def observe(self, model: LensModel) -> contextlib.AbstractContextManager[Any]: ...
+
+    def __call__(self, model: LensModel, batch: ReasonerBatch, answers: list[str],
+                 observed: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 def completion_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,39 +61,32 @@ def completion_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def sft_step(model, encoder: BatchEncoder, samples,
-             grounding: GroundingAttentionSection | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_loss(engine: Engine, encoder: BatchEncoder, samples,
+             aux: AuxiliaryLoss | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    model = encoder.model
     template = model.config.template
     batch = encoder.encode(samples, template, with_sam_features=False)
     answers = batch.teacher_answers(template)
-    ids, mask = model.encode_completions(answers)
-    grounded = grounding is not None and grounding.weight > 0
-    modules = attention_modules(model.reasoner, grounding.layers) if grounded else []
-    with recorded_attention(modules, grounding.head if grounded else 0) as attention:
-        logprobs, _ = model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask,
-                                             with_logprobs=True, with_query_states=False)
-    nll = completion_nll(logprobs, mask)
-    metrics = {"completion_nll": float(nll.detach()), "completion_tokens": float(mask.sum()) / len(samples)}
+    completions = model.encode_completions(answers)
+    with aux.observe(model) if aux is not None else contextlib.nullcontext() as observed:
+        out = engine(batch.inputs, completions, return_logprobs=True)
+    nll = completion_nll(out.logprobs, completions.attention)
+    metrics = {"completion_nll": float(nll.detach()), "completion_tokens": float(completions.attention.sum()) / len(samples)}
     loss = nll
-    if grounded:
-        grids = [model.processor.token_grid(g) for g in batch.grid_thw]
-        groundings = [completion_groundings(model.processor.tokenizer, answer, sample, box, size, grid, grounding)
-                      for answer, sample, box, size, grid in zip(answers, samples, batch.gt_boxes_in_reasoner_frame(),
-                                                                   batch.resized_sizes, grids)]
-        aux = grounding_attention_loss(attention, batch.prompts.input_ids,
-                                       model.processor.image_token_id, grids, groundings)
-        metrics["grounding_attention"] = float(aux.detach())
-        loss = nll + grounding.weight * aux
+    if aux is not None:
+        term, aux_metrics = aux(model, batch, answers, observed)
+        metrics.update(aux_metrics)
+        loss = nll + aux.weight * term
     metrics["loss"] = float(loss.detach())
     return loss, metrics
 
 
-def train(cfg: SFTConfig) -> None:
+def train(cfg: SFTConfig, aux: AuxiliaryLoss | None = None) -> None:
     model = build_seeded_model(cfg)
     exclude = [VISION_TOWER] if cfg.freeze_vision_tower else []
     params = stage_trainable(model, list(cfg.trainable), cfg.lora, exclude)
-    step = partial(sft_step, grounding=cfg.grounding_attention)
-    run_supervised(cfg, "sft", model, params, step, before_export=merge_lora if cfg.lora.rank > 0 else None)
+    train_stage(cfg, "sft", model, params, partial(sft_loss, aux=aux),
+                before_export=merge_lora if cfg.lora.rank > 0 else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ class Segmenter(Protocol):
 
 
 def load_segmenter(name: str, device: str, dtype: str) -> Segmenter:
-    """Load a LENS model through the hub (imports torch, so only when the node activates)."""
-    from lens_model.hub import load_model
+    """A ``LensPredictor`` for the model ``name`` (imports torch, so only when the node activates)."""
+    from lens_model.predictor import LensPredictor
 
-    return load_model(name, device=device, dtype=dtype)
+    return LensPredictor.from_pretrained(name, device=device, dtype=dtype)
 
 
 def release_accelerator_memory() -> None:

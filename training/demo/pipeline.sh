@@ -55,7 +55,7 @@ side_by_side \
     "$PY -m training.demo.sam_pretrain --config training/configs/demo_sam.yaml model.init=$OUT/init output_dir=$OUT/sam $COMMON $SAM_EXTRA"
 
 stamp "4/8 SFT ($NPROC processes)"
-$PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training.sft --config training/configs/demo_sft.yaml \
+$PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training.demo.sft --config training/configs/demo_sft.yaml \
     model.init="$OUT/vision" output_dir="$OUT/sft_reasoner" $COMMON
 $PY -m training.demo.graft_sam --model "$OUT/sft_reasoner" --sam "$OUT/sam" --out "$OUT/sft"
 

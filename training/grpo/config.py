@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lens_model.config import GenerationConfig
 from training.lora import LoraSection
 from training.losses import MaskLossWeights
-from training.stage import StageConfig
+from training.stage_config import StageConfig
 
 
 @dataclass
 class RolloutConfig:
     group_size: int = 8  # G completions per prompt
-    temperature: float = 0.9
-    top_p: float = 0.9
-    top_k: int = 50
-    max_completion_length: int = 768
+    # How completions are sampled; they end at the model's own end tokens.
+    sampling: GenerationConfig = field(default_factory=lambda: GenerationConfig(
+        do_sample=True, temperature=0.9, top_p=0.9, top_k=50, max_new_tokens=768))
 
 
 @dataclass

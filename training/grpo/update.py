@@ -7,11 +7,14 @@ import torch
 
 from lens_model import sam_head
 from lens_model.modeling import LensModel
+from training.batches import BatchEncoder
+from training.common.engine import Engine
 from training.grpo.config import GRPOConfig
 from training.grpo.objective import group_advantages, grpo_loss
 from training.grpo.rewards import REWARD_NAMES, reward_components, unified_reward
-from training.grpo.rollout import Rollout, vision_rows
-from training.stage import segmentation_loss
+from training.grpo.rollout import Rollout, recomputed_vision
+from training.losses import segmentation_loss
+from training.loop import VISION_TOWER, is_frozen
 
 
 @torch.no_grad()
@@ -29,14 +32,16 @@ def rewards_of(model: LensModel, rollout: Rollout, mask_logits: torch.Tensor, cf
     return {name: torch.tensor(v) for name, v in values.items()}
 
 
-def policy_loss(model: LensModel, rollout: Rollout, cfg: GRPOConfig, vision_trains: bool) -> torch.Tensor:
+def policy_loss(engine: Engine, encoder: BatchEncoder, rollout: Rollout, cfg: GRPOConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one rollout under the current weights; the first call also fixes rewards and advantages."""
+    model = encoder.model
     first = rollout.advantages is None
     group = rollout.group_size
-    vision = vision_rows(model, rollout.batch, group, recompute=vision_trains)
-    logp, states = model.sequence_forward(rollout.prompts, rollout.grid_thw, vision, rollout.completion_ids,
-                                          rollout.completion_attention, with_logprobs=True)
-    mask_logits, _ = model.segment_groups(states, rollout.batch.sam_features, group)
+    inputs = rollout.inputs
+    if not is_frozen(model, VISION_TOWER):  # the cached features carry no gradient
+        inputs = recomputed_vision(model, inputs, rollout.batch, group)
+    out = engine(inputs, rollout.completions, rollout.batch.sam_features, rows_per_image=group, return_logprobs=True)
+    logp, mask_logits, attention = out.logprobs, out.mask_logits, rollout.completions.attention
     if first:
         components = rewards_of(model, rollout, mask_logits, cfg)
         weights = dict(cfg.rewards.weights)
@@ -45,7 +50,7 @@ def policy_loss(model: LensModel, rollout: Rollout, cfg: GRPOConfig, vision_trai
         rollout.advantages = group_advantages(rewards, group_size=group, eps=cfg.objective.advantage_eps,
                                               unbiased=cfg.objective.unbiased_std).to(logp.device)
         rollout.logp_old = logp.detach()
-        lengths = rollout.completion_attention.sum(dim=1).float()
+        lengths = attention.sum(dim=1).float()
         rollout.stats = {
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             **{f"reward_{n}": float(components[n].mean()) for n in REWARD_NAMES},
@@ -54,7 +59,7 @@ def policy_loss(model: LensModel, rollout: Rollout, cfg: GRPOConfig, vision_trai
         }
     # On the first pass π_old = π_θ (ratio 1, nothing clipped); later passes use the stored log-probs.
     old = None if first else rollout.logp_old
-    rl_loss, stats = grpo_loss(logp, old, rollout.logp_ref, rollout.advantages, rollout.completion_attention,
+    rl_loss, stats = grpo_loss(logp, old, rollout.logp_ref, rollout.advantages, attention,
                                beta=cfg.objective.beta, eps=cfg.objective.epsilon,
                                normalisation=cfg.objective.normalisation)
     loss = rl_loss
@@ -63,4 +68,4 @@ def policy_loss(model: LensModel, rollout: Rollout, cfg: GRPOConfig, vision_trai
         loss = loss + cfg.objective.seg_weight * seg
         rollout.stats.update({"seg_loss": float(seg.detach()), **{f"seg_{k}": v for k, v in parts.items() if k != "total"}})
     rollout.stats.update({"rl_loss": float(rl_loss.detach()), "loss": float(loss.detach()), **stats.as_dict()})
-    return loss
+    return loss, dict(rollout.stats)

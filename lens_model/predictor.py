@@ -1,0 +1,136 @@
+"""LensPredictor: images and sentences in, masks, boxes, scores and reasoning out.
+
+It wraps a ``LensModel`` as SAM 2's ``SAM2ImagePredictor`` wraps SAM 2: input validation, the
+order of the stages, their timings and the decoding of results live here; the computation is the
+model's.
+
+    predictor = LensPredictor.from_pretrained("OuyBin/LENS", device="cuda")
+    result = predictor.predict(rgb_image, "the mug nearest the sink")
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from lens_model import sam_head
+from lens_model.answer_parser import map_box, parse_answer
+from lens_model.errors import InputError
+from lens_model.modeling import Completions, LensModel
+from lens_model.prompts import clean_query
+from lens_model.result import SegmentationResult
+
+MAX_IMAGE_SIDE = 16384
+
+
+class StageTimer:
+    """Wall-clock milliseconds per named stage (synchronising CUDA so GPU time is attributed)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, device: torch.device) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def validate_image(image: object) -> np.ndarray:
+    """Accept an RGB uint8 HxWx3 array (or a PIL image); reject anything else with a clear message."""
+    if hasattr(image, "convert") and hasattr(image, "size"):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be an RGB numpy array or PIL image, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must have shape HxWx3 (RGB), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype}")
+    h, w = image.shape[:2]
+    if h < 2 or w < 2 or h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
+        raise InputError(f"image size {w}x{h} is outside the supported range 2..{MAX_IMAGE_SIDE}")
+    return np.ascontiguousarray(image)
+
+
+class LensPredictor:
+    def __init__(self, model: LensModel) -> None:
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: str = "auto", **overrides: Any) -> LensPredictor:
+        """A predictor around ``lens_model.load_model(name_or_path, ...)``, in eval mode."""
+        from lens_model.checkpoints import load_model
+
+        return cls(load_model(name_or_path, device=device, dtype=dtype, **overrides))
+
+    def predict(self, image: object, query: str, *, template: str | None = None,
+                max_new_tokens: int | None = None) -> SegmentationResult:
+        """Segment what ``query`` refers to in ``image`` (RGB uint8 HxWx3)."""
+        return self.predict_many(image, [query], template=template, max_new_tokens=max_new_tokens)[0]
+
+    @torch.inference_mode()
+    def predict_many(self, image: object, queries: list[str], *, template: str | None = None,
+                     max_new_tokens: int | None = None) -> list[SegmentationResult]:
+        """Segment several queries on one image, sharing the vision encoding and the SAM 2 embedding.
+
+        Stage timings in each result are those of the whole batch.
+        """
+        model, config = self.model, self.model.config
+        image = validate_image(image)
+        if not queries:
+            return []
+        queries = [clean_query(q, config.max_query_chars, config.preprocessing.collapse_whitespace) for q in queries]
+        timer, device = StageTimer(), model.device
+        height, width = image.shape[:2]
+        with timer.stage("preprocess", device):
+            encoded = model.encode_image(image)
+        with timer.stage("vision_encoder", device):
+            vision = model.vision_embeds(encoded)
+        with timer.stage("preprocess", device):
+            inputs = model.encode_inputs(queries, [encoded] * len(queries), [vision] * len(queries), template)
+        with timer.stage("sam_image_encoder", device):
+            features = model.sam_features([image])
+        with timer.stage("generate", device):
+            completions = model.generate(inputs, keep_cache=config.reuses_kv_cache, max_new_tokens=max_new_tokens)
+        with timer.stage("query_pass", device):
+            states = model(inputs, completions, return_query_states=True).query_states
+        with timer.stage("mask_decoder", device):
+            out = model(inputs, completions, features, rows_per_image=len(queries), query_states=states)
+        with timer.stage("postprocess", device):
+            masks = (sam_head.upsample_logits(out.mask_logits, height, width) > config.mask_threshold).cpu().numpy()
+            results = [self._result(q, masks[i], float(out.iou_predictions[i]), completions, i, encoded.resized_size,
+                                    (width, height)) for i, q in enumerate(queries)]
+        total = sum(timer.ms.values())
+        for result in results:
+            result.timings_ms = {**timer.ms, "total": total}
+        return results
+
+    def describe(self) -> dict[str, object]:
+        config = self.model.config
+        return {
+            "name": config.name or config.reasoner,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "random_weights": config.random_weights,
+            "query_positions": config.query_positions,
+            "prompt_collapse": config.prompt_collapse,
+            "profile": config.profile or "native",
+        }
+
+    def _result(self, query: str, mask: np.ndarray, iou: float, completions: Completions, row: int,
+                resized: tuple[int, int], original: tuple[int, int]) -> SegmentationResult:
+        ids = completions.ids[row][completions.attention[row].bool()].tolist()
+        answer = self.model.processor.decode([t for t in ids if t not in self.model.eos_token_ids]).strip()
+        parsed = parse_answer(answer)
+        box = map_box(parsed.box, resized, original) if parsed.box is not None else None
+        status = parsed.status if parsed.box is None else ("ok" if box is not None else "box outside the image")
+        return SegmentationResult(
+            query=query, mask=mask, box=box, box_status=status, label=parsed.label,
+            score=min(max(iou, 0.0), 1.0), reasoning=parsed.reasoning, answer=answer,
+            random_weights=self.model.config.random_weights, generated_tokens=len(ids),
+        )
