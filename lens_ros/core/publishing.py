@@ -53,6 +53,12 @@ def output_topics(params: Any) -> dict[Output, str]:
     return names
 
 
+def history_depth(params: Any, output: Output) -> int:
+    """KEEP_LAST depth of an output's publisher: results come in bursts (one per query, also when a full
+    queue drops queries), so they keep ``qos.result_depth``; the others at most one per inference."""
+    return params.result_depth if output is Output.RESULT else params.output_depth
+
+
 def message_class_name(output: Output) -> str:
     """``Image`` for ``sensor_msgs/msg/Image``: the class name transports look the type up by."""
     return OUTPUT_TYPES[output].rsplit("/", 1)[1]
@@ -111,11 +117,10 @@ class OutcomePublisher:
             return []
         kit, result = self._kit, outcome.result
         hdr = messages.header(kit, outcome.frame.stamp, outcome.frame.frame_id)
-        outputs = [
-            (Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8"))),
-            (Output.DETECTIONS, messages.detections(kit, hdr, outcome)),
-            (Output.REASONING, messages.string(kit, result.reasoning)),
-        ]
+        outputs = [(Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8")))]
+        if kit.has_detections:  # not on an rclpy node without vision_msgs
+            outputs.append((Output.DETECTIONS, messages.detections(kit, hdr, outcome)))
+        outputs.append((Output.REASONING, messages.string(kit, result.reasoning)))
         if rgb is not None and self._debug_limiter is not None and self._debug_limiter.allow():
             overlay = draw_overlay(rgb, result)
             outputs.append((Output.DEBUG_IMAGE, messages.image(kit, hdr, encode_image(overlay, "rgb8"))))
