@@ -65,12 +65,19 @@ class LensParams:
         choices=QUEUE_POLICIES)
     max_query_length: int = _param(2000, "queries.max_length", "Longest accepted query, in characters.", minimum=1)
     image_reliability: str = _param(
-        "best_effort", "qos.image_reliability", "Image subscription reliability.", choices=RELIABILITIES)
+        "reliable", "qos.image_reliability",
+        "Image subscription reliability: reliable gets whole large frames on Fast DDS and CycloneDDS, but nothing "
+        "from a best-effort camera; best_effort matches any camera but loses large frames (docs/ros.md).",
+        choices=RELIABILITIES)
     image_depth: int = _param(1, "qos.image_depth", "Image subscription history depth.", minimum=1)
-    query_depth: int = _param(10, "qos.query_depth", "Query subscription history depth (reliable).", minimum=1)
+    query_depth: int = _param(
+        1000, "qos.query_depth",
+        "Query subscription history depth (reliable): the largest burst held before the node takes it.", minimum=1)
     output_reliability: str = _param(
         "reliable", "qos.output_reliability", "Reliability of all outputs.", choices=RELIABILITIES)
-    output_depth: int = _param(10, "qos.output_depth", "History depth of all outputs.", minimum=1)
+    output_depth: int = _param(10, "qos.output_depth", "History depth of all outputs but the result.", minimum=1)
+    result_depth: int = _param(
+        1000, "qos.result_depth", "History depth of the result output: the largest burst of results kept.", minimum=1)
     debug_image: bool = _param(False, "debug_image.enabled", "Publish the frame with mask, box and label drawn.")
     debug_image_max_rate_hz: float = _param(
         2.0, "debug_image.max_rate_hz", "Upper bound on debug image rate.", exclusive_minimum=0.0)
