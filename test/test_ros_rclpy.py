@@ -156,3 +156,14 @@ def test_parameter_precedence_file_then_user_ros_args_then_shortcuts(tmp_path):
         finally:
             rclpy.try_shutdown()
     assert values == {"queries.max_length": 100, "queries.queue_size": 9, "model.device": "cpu"}
+
+
+def test_diagnostics_publish_before_configure_and_follow_a_new_topic_at_configure(ros):
+    node = LensLifecycleNode("lens_node", "/lens_diag", load=lambda *_: FakeSegmenter())
+    try:
+        assert node.count_publishers("/diagnostics") == 1  # unconfigured, and already reporting
+        node.set_parameters([Parameter("topics.diagnostics", value="/lens_diag/status")])
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert (node.count_publishers("/diagnostics"), node.count_publishers("/lens_diag/status")) == (0, 1)
+    finally:
+        node.destroy_node()

@@ -148,20 +148,15 @@ class LensLifecycleNode(LifecycleNode):
         entities: an inactive node, or one whose activate failed, must still say why it is not serving."""
         topic, period = params.diagnostics_topic, params.diagnostics_period_s
         if self._lens_diagnostics is not None:
-            if self._lens_diagnostics[:2] == (topic, period):
+            old_topic, old_period, publisher, timer = self._lens_diagnostics
+            if (old_topic, old_period) == (topic, period):
                 return
-            self._lens_drop_diagnostics()
+            self.destroy_timer(timer)
+            self.destroy_publisher(publisher)
         publisher = self.create_publisher(
             self._lens_kit.DiagnosticArray, topic, qos_profile(params.output_reliability, params.output_depth))
         timer = self.create_timer(period, self._guarded(self._lens_publish_diagnostics))
         self._lens_diagnostics = (topic, period, publisher, timer)
-
-    def _lens_drop_diagnostics(self) -> None:
-        if self._lens_diagnostics is not None:
-            _, _, publisher, timer = self._lens_diagnostics
-            self.destroy_timer(timer)
-            self.destroy_publisher(publisher)
-            self._lens_diagnostics = None
 
     def _lens_publish_diagnostics(self) -> None:
         if self._lens is not None:
