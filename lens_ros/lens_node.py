@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lens_model.errors import LensError
 from lens_ros.core.params import LensParams, ParameterError, command_line_overrides, read_params_file
@@ -63,17 +65,34 @@ def run_dds(args: argparse.Namespace) -> int:
     return 0
 
 
+def rcl_arguments(args: argparse.Namespace, user_ros_args: list[str]) -> list[str]:
+    """The rcl arguments in rising precedence (rcl applies parameters in order, the last one winning):
+    our --params-file, then the user's --ros-args (so their ``-p`` beats the file), then our shortcuts."""
+    first = ["--ros-args", "--params-file", args.params_file, "--"] if args.params_file else []
+    shortcuts = [arg for name, value in overrides(args).items() for arg in ("-p", f"{name}:={value}")]
+    return first + user_ros_args + (["--ros-args", *shortcuts] if shortcuts else [])
+
+
 def run_ros(args: argparse.Namespace, ros_args: list[str]) -> int:
+    """Run the rclpy node, then end the process at once (see ``exit_now``)."""
     try:
         from lens_ros.transports.rclpy_node import spin_lifecycle_node
-    except ImportError as exc:
-        log.error("rclpy is not importable (%s): source your ROS 2 setup.bash, or use --transport dds", exc)
+        code = spin_lifecycle_node(args.node_name, args.namespace, rcl_arguments(args, ros_args))
+    except ImportError as exc:  # no rclpy, or a message package missing from the ROS installation
+        log.error("a ROS 2 Python package is not importable (%s): source your ROS 2 setup.bash, "
+                  "or use --transport dds", exc)
         return 2
-    extra = ["--params-file", args.params_file] if args.params_file else []
-    extra += [arg for name, value in overrides(args).items() for arg in ("-p", f"{name}:={value}")]
-    if extra:
-        ros_args = (ros_args or ["--ros-args"]) + extra
-    return spin_lifecycle_node(args.node_name, args.namespace, ros_args)
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown. The node has shut down in order by now;
+    tearing down torch and a loaded model takes another 1-3 s (measured with tiny-random, more with
+    a GPU model), which made ``ros2 launch`` escalate to SIGTERM."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

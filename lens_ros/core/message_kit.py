@@ -2,7 +2,8 @@
 
 rclpy, the CycloneDDS IDL types and rosbags all construct messages with keyword arguments named
 after the ROS fields; they differ only in the Python types of a few fields, which the three
-adapter callables below smooth over.
+adapter callables below smooth over. The vision_msgs types may be None: a ROS 2 installation without
+vision_msgs still runs the node, without the detections output.
 """
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ class MessageKit:
     Quaternion: type
     Pose: type
     PoseWithCovariance: type
-    Point2D: type
-    Pose2D: type
-    BoundingBox2D: type
-    ObjectHypothesis: type
-    ObjectHypothesisWithPose: type
-    Detection2D: type
-    Detection2DArray: type
+    Point2D: type | None
+    Pose2D: type | None
+    BoundingBox2D: type | None
+    ObjectHypothesis: type | None
+    ObjectHypothesisWithPose: type | None
+    Detection2D: type | None
+    Detection2DArray: type | None
     KeyValue: type
     DiagnosticStatus: type
     DiagnosticArray: type
@@ -59,10 +60,14 @@ class MessageKit:
     float64_array: Callable[[Sequence[float]], Any]  # value for a float64[N] field
     byte: Callable[[int], Any]  # value for a ``byte`` field
 
+    @property
+    def has_detections(self) -> bool:
+        return self.Detection2DArray is not None
+
     @classmethod
     def from_resolver(
         cls,
-        resolve: Callable[[str], type],
+        resolve: Callable[[str], type | None],
         *,
         uint8_sequence: Callable[[bytes], Any],
         float64_array: Callable[[Sequence[float]], Any],

@@ -70,7 +70,10 @@ class LensParams:
         choices=QUEUE_POLICIES)
     max_query_length: int = _param(2000, "queries.max_length", "Longest accepted query, in characters.", minimum=1)
     image_reliability: str = _param(
-        "best_effort", "qos.image_reliability", "Image subscription reliability.", choices=RELIABILITIES)
+        "reliable", "qos.image_reliability",
+        "Image subscription reliability: reliable gets whole large frames on Fast DDS and CycloneDDS, but nothing "
+        "from a best-effort camera; best_effort matches any camera but loses large frames (docs/ros.md).",
+        choices=RELIABILITIES)
     image_depth: int = _param(1, "qos.image_depth", "Image subscription history depth.", minimum=1)
     query_depth: int = _param(
         1000, "qos.query_depth",

@@ -117,11 +117,10 @@ class OutcomePublisher:
             return []
         kit, result = self._kit, outcome.result
         hdr = messages.header(kit, outcome.frame.stamp, outcome.frame.frame_id)
-        outputs = [
-            (Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8"))),
-            (Output.DETECTIONS, messages.detections(kit, hdr, outcome)),
-            (Output.REASONING, messages.string(kit, result.reasoning)),
-        ]
+        outputs = [(Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8")))]
+        if kit.has_detections:  # not on an rclpy node without vision_msgs
+            outputs.append((Output.DETECTIONS, messages.detections(kit, hdr, outcome)))
+        outputs.append((Output.REASONING, messages.string(kit, result.reasoning)))
         if rgb is not None and self._debug_limiter is not None and self._debug_limiter.allow():
             overlay = draw_overlay(rgb, result)
             outputs.append((Output.DEBUG_IMAGE, messages.image(kit, hdr, encode_image(overlay, "rgb8"))))

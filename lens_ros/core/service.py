@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[str, str, str], Segmenter]
 NOT_ACTIVE = "node is not active (no model loaded)"
+ECHOED_QUERY_CHARS = 200  # a rejected query is echoed in its error result up to this length
 
 
 class LensService:
@@ -33,6 +34,7 @@ class LensService:
     queries still waiting with errors, stops the worker and frees the model.
 
     With ``synchronous=True`` (bag mode) there is no worker: each query runs inside ``on_query``.
+    ``ids`` lets a transport keep one query id sequence across services (rclpy: cleanup + configure).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class LensService:
         diagnostics_name: str = "lens_node: segmentation",
         load: Loader = load_segmenter,
         synchronous: bool = False,
+        ids: QueryIds | None = None,
     ) -> None:
         self.params = params
         self.frames = LatestFrameBuffer()
@@ -57,11 +60,13 @@ class LensService:
         self._diagnostics_name = diagnostics_name
         self._load = load
         self._synchronous = synchronous
-        self._ids = QueryIds()
+        self._ids = ids or QueryIds()
         debug_limiter = RateLimiter(params.debug_image_max_rate_hz, clock) if params.debug_image else None
         self._publisher = OutcomePublisher(kit, sink, debug_limiter)
         self._state_lock = threading.Lock()
         self._runner: QueryRunner | None = None
+        self._running: Query | None = None  # the query the worker is running, until it has its result
+        self.activation_error: str | None = None  # why the last activate() failed, for the diagnostics
         self._model_info: dict[str, Any] = {}
         self._queue = QueryQueue(params.queue_size, params.queue_full_policy)
         self._worker: InferenceWorker | None = None
@@ -73,7 +78,12 @@ class LensService:
     def activate(self) -> None:
         p = self.params
         log.info("loading model %s on %s (dtype %s)", p.model_name, p.device, p.dtype)
-        segmenter = self._load(p.model_name, p.device, p.dtype)
+        try:
+            segmenter = self._load(p.model_name, p.device, p.dtype)
+        except Exception as exc:
+            self.activation_error = f"activate failed: cannot load model {p.model_name}: {type(exc).__name__}: {exc}"
+            raise
+        self.activation_error = None
         self._model_info = dict(segmenter.describe())
         if self._model_info.get("random_weights"):
             log.warning("model %s has random weights: its masks and boxes are meaningless", p.model_name)
@@ -92,15 +102,24 @@ class LensService:
         with self._state_lock:
             self._runner = runner
 
-    def deactivate(self, timeout_s: float = 30.0) -> None:
+    def deactivate(self, timeout_s: float = 30.0, free_memory: bool = True) -> int:
+        """Stop serving; return how many queries got an error result because of it. A query still
+        running after ``timeout_s`` gets its error result now; the result it may produce later is
+        dropped, so it still gets exactly one. ``free_memory=False`` skips the garbage collection
+        (0.5 s with torch loaded) when the process is about to end."""
         left = self._worker.stop(timeout_s) if self._worker is not None else []
         self._worker = None
         for query in left:
             self._fail(query, "node deactivated before this query ran")
         with self._state_lock:
             self._runner = None
+            abandoned, self._running = self._running, None
+        if abandoned is not None:
+            self._fail(abandoned, f"node deactivated or shut down while this query ran (waited {timeout_s:g} s)")
         self._model_info = {}
-        release_accelerator_memory()
+        if free_memory:
+            release_accelerator_memory()
+        return len(left) + (abandoned is not None)
 
     def on_image(self, msg: Any) -> None:
         self.frames.put(Frame.from_msg(msg, compressed=False, received_s=self._clock()))
@@ -116,7 +135,11 @@ class LensService:
         try:
             query = Query(query_id, decode_query(data, self.params.max_query_length), received)
         except InputError as exc:
-            self._fail(Query(query_id, printable_query(data), received), str(exc))
+            text, message = printable_query(data), str(exc)
+            if len(text) > ECHOED_QUERY_CHARS:  # never echo a 100 kB query back in full
+                text = text[:ECHOED_QUERY_CHARS] + "..."
+                message += f" (the result's query field holds its first {ECHOED_QUERY_CHARS} characters)"
+            self._fail(Query(query_id, text, received), message)
             return
         if self._synchronous:
             self._run(query)
@@ -140,10 +163,16 @@ class LensService:
     def _run(self, query: Query) -> None:
         with self._state_lock:
             runner = self._runner
+            self._running = query if runner is not None else None
         if runner is None:
             self._fail(query, NOT_ACTIVE)
             return
         output = runner.run(query)
+        with self._state_lock:
+            if self._running is not query:  # deactivate() gave up on it and already answered it
+                log.info("query %d finished after it was abandoned; its result is dropped", query.id)
+                return
+            self._running = None
         self._finish(output.outcome, output.rgb, query)
 
     def _fail(self, query: Query, message: str) -> None:
@@ -168,6 +197,7 @@ class LensService:
             newest_frame_age_s=None if newest is None else now - newest.stamp.seconds,
             max_frame_age_s=self.params.max_frame_age_s,
             queue_length=len(self._queue),
+            failure=self.activation_error,
         )
         report = diagnostic_report(self._diagnostics_name, self.stats, state)
         self._sink(Output.DIAGNOSTICS, messages.diagnostics(self._kit, Stamp.from_seconds(now), report))

@@ -57,17 +57,28 @@ class NodeState:
     newest_frame_age_s: float | None
     max_frame_age_s: float
     queue_length: int
+    failure: str | None = None  # why the node is not active, e.g. a failed model load
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _inactive_message(lifecycle_state: str, failure: str | None) -> str:
+    return f"{lifecycle_state}: no model loaded" + (f"; {failure}" if failure else "")
+
+
+def lifecycle_report(name: str, lifecycle_state: str, failure: str | None) -> DiagnosticReport:
+    """The ERROR report of a node with no configured service (unconfigured, or finalized)."""
+    return DiagnosticReport(ERROR_LEVEL, name, _inactive_message(lifecycle_state, failure), "",
+                            (("state", lifecycle_state),))
+
+
 def diagnostic_report(name: str, stats: NodeStats, state: NodeState) -> DiagnosticReport:
     model = state.model
     level, message = OK_LEVEL, "serving"
     if not state.active:
-        level, message = ERROR_LEVEL, "inactive: no model loaded"
+        level, message = ERROR_LEVEL, _inactive_message("inactive", state.failure)
     elif state.newest_frame_age_s is None:
         level, message = WARN_LEVEL, f"no image received yet on {state.image_source}"
     elif 0 < state.max_frame_age_s < state.newest_frame_age_s:
