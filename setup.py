@@ -38,7 +38,7 @@ setup(
         "PyYAML>=6",
     ],
     extras_require={
-        "train": ["deepspeed>=0.15", "accelerate>=1.0", "tensorboard>=2.15", "pycocotools>=2.0.7", "peft>=0.13"],
+        "train": ["deepspeed>=0.15", "tensorboard>=2.15", "pycocotools>=2.0.7", "peft>=0.13"],
         "ros": ["rosbags>=0.10", "cyclonedds>=0.10"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },

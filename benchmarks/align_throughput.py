@@ -3,7 +3,7 @@ frozen-feature cache.
 
     python -m benchmarks.align_throughput [--repeats 5] [--batch-size 4] [--sizes 128 256] [--threads N]
 
-Each measured step is the real one: ``training.align.align_step`` through ``training.stage.BatchEncoder``,
+Each measured step is the real one: ``training.align.align_loss`` through ``training.batches.BatchEncoder``,
 then the torch engine's backward and AdamW step on the context module, with the frozen parts in the
 modes the stage uses. The model's own methods are wrapped with timers to split the step into phases
 (the rest of ``align_step``, i.e. the image processor, the tokenizer and the teacher answers, is
@@ -31,16 +31,16 @@ from unittest import mock
 
 import torch
 
-from lens_model.hub import build_tiny_random
 from lens_model.modeling import LensModel
+from lens_model.tiny import build_tiny_random
 from training import align
+from training.batches import BatchEncoder
 from training.common.engine import Engine, build_engine
 from training.common.schema import EngineConfig
 from training.data.registry import load_dataset
 from training.data.sample import Sample
 from training.losses import MaskLossWeights
 from training.loop import set_train_modes, trainable_parameters
-from training.stage import BatchEncoder
 from training.synthetic import generate_dataset
 
 PHASES = {
@@ -77,8 +77,8 @@ def instrumented_model(clock: PhaseClock) -> LensModel:
     model = build_tiny_random()
     model.sam_features = clock.timed("sam_image_encoder", model.sam_features)
     model.vision_embeds = clock.timed("vision_encoder", model.vision_embeds)
-    model.sequence_forward = clock.timed("reasoner_forward", model.sequence_forward)
-    model.segment = clock.timed("mask_decoder_loss", model.segment)
+    model._query_pass = clock.timed("reasoner_forward", model._query_pass)  # the query pass inside forward
+    model._masks = clock.timed("mask_decoder_loss", model._masks)
     return model
 
 
@@ -100,7 +100,7 @@ def timed_step(model: LensModel, engine: Engine, encoder: BatchEncoder, samples:
     clock.seconds.clear()
     start = time.perf_counter()
     with engine.autocast():
-        loss, _ = align.align_step(model, encoder, samples, MaskLossWeights())
+        loss, _ = align.align_loss(engine, encoder, samples, MaskLossWeights())
     forward_end = time.perf_counter()
     engine.backward(loss)
     engine.step()

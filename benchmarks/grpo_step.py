@@ -15,8 +15,10 @@ import torch
 from training.common.config import load_config
 from training.grpo import update
 from training.grpo.config import GRPOConfig
-from training.grpo.rollout import generate
-from training.stage import BatchEncoder, build_model, training_dataset
+from lens_model.config import GenerationConfig
+from training.batches import BatchEncoder, training_dataset
+from training.grpo.rollout import RolloutSampler
+from training.starting_model import build_model
 from training.synthetic import generate_dataset
 
 
@@ -39,11 +41,13 @@ def main() -> None:
         generate_dataset(root, num_images=max(8, args.prompts * args.steps), seed=0, size=args.image_size)
         cfg = load_config(GRPOConfig, "training/configs/grpo_tiny.yaml", [
             f"data.root={root}", f"output_dir={root}/out", f"rollout.group_size={args.group}",
-            f"rollout.max_completion_length={args.completion_length}", "objective.beta=0.04"])
+            f"rollout.sampling.max_new_tokens={args.completion_length}", "objective.beta=0.04"])
         model = build_model(cfg.model).train()
         from training.grpo.trainer import reference_policy
 
         reference = reference_policy(model, cfg)
+        # The model is its own engine here: calling it runs its forward, as the engines do.
+        sample_rollout = RolloutSampler(GenerationConfig(**cfg.rollout.sampling), cfg.rollout.group_size, reference, None)
         encoder = BatchEncoder(model, 0, vision_frozen=False, sam_encoder_frozen=True)
         dataset = training_dataset(cfg.data)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -59,9 +63,9 @@ def main() -> None:
         rows = {"rollout": [], "reward": [], "update": []}
         for step in range(args.steps):
             samples = [dataset[(step * args.prompts + i) % len(dataset)] for i in range(args.prompts)]
-            rollout, rollout_ms = timed(generate, model, reference, encoder, samples, cfg)
+            rollout, rollout_ms = timed(sample_rollout, model, encoder, samples)
             start = time.perf_counter()
-            loss = update.policy_loss(model, rollout, cfg, vision_trains=True)
+            loss, _ = update.policy_loss(model, encoder, rollout, cfg)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

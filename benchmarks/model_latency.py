@@ -31,9 +31,10 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-import lens_model.modeling as modeling
-from lens_model.hub import load_model
+import lens_model.predictor as predictor_module
+from lens_model.checkpoints import load_model
 from lens_model.modeling import LensModel
+from lens_model.predictor import LensPredictor
 from lens_model.query_pass import cached_query_pass, embed_sequence, full_query_pass, mrope_positions
 
 PARTS = ("stages", "query", "many", "collapse")
@@ -82,8 +83,8 @@ def memory_line(label: str) -> str:
     return f"{label}: resident {psutil.Process().memory_info().rss / 2**30:.2f} GiB, peak {peak:.2f} GiB"
 
 
-class CpuStageTimer(modeling.StageTimer):
-    """The model's stage timer, also summing process CPU time per stage (installed by ``stage_shares``)."""
+class CpuStageTimer(predictor_module.StageTimer):
+    """The predictor's stage timer, also summing process CPU time per stage (installed by ``stage_shares``)."""
 
     last: "CpuStageTimer"
 
@@ -109,16 +110,16 @@ def fix_answer_length(model: LensModel, tokens: int) -> None:
 @torch.inference_mode()
 def stage_shares(model: LensModel, label: str, tokens: int, repeats: int) -> None:
     fix_answer_length(model, tokens)
-    image = scene()
-    modeling.StageTimer = CpuStageTimer
+    image, predictor = scene(), LensPredictor(model)
+    predictor_module.StageTimer = CpuStageTimer
     try:
-        model.predict(image, QUERY)  # warm-up
+        predictor.predict(image, QUERY)  # warm-up
         runs = []
         for _ in range(repeats):
-            result = model.predict(image, QUERY)
+            result = predictor.predict(image, QUERY)
             runs.append((result.timings_ms, dict(CpuStageTimer.last.cpu_ms)))
     finally:
-        modeling.StageTimer = CpuStageTimer.__base__
+        predictor_module.StageTimer = CpuStageTimer.__base__
     stages = [s for s in runs[0][0] if s != "total"]
     wall = {s: statistics.median(r[0][s] for r in runs) for s in stages}
     cpu = {s: statistics.median(r[1][s] for r in runs) for s in stages}
@@ -196,12 +197,12 @@ def roofline(model: LensModel, length: int, num_queries: int) -> None:
 @torch.inference_mode()
 def amortisation(model: LensModel, counts: tuple[int, ...], tokens: int, repeats: int) -> None:
     fix_answer_length(model, tokens)
-    image = scene()
+    image, predictor = scene(), LensPredictor(model)
     queries = [f"the object number {i} from the left" for i in range(max(counts))]
     print(f"predict_many(N queries) vs N x predict, {tokens} generated tokens each:")
     for n in counts:
-        times = interleaved({"many": lambda: model.predict_many(image, queries[:n]),
-                             "singles": lambda: [model.predict(image, q) for q in queries[:n]]}, repeats)
+        times = interleaved({"many": lambda: predictor.predict_many(image, queries[:n]),
+                             "singles": lambda: [predictor.predict(image, q) for q in queries[:n]]}, repeats)
         (many_wall, many_cpu), (single_wall, single_cpu) = times["many"], times["singles"]
         print(f"  N={n:<3} many wall {many_wall:10.1f} ms cpu {many_cpu:10.1f} ms   singles wall {single_wall:10.1f} ms "
               f"cpu {single_cpu:10.1f} ms   x{single_wall / many_wall:.2f} wall  x{single_cpu / many_cpu:.2f} cpu")

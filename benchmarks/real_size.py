@@ -17,8 +17,7 @@ from transformers import Qwen2_5_VLConfig
 
 from lens_model import sam_head, tiny
 from lens_model.config import RELEASED_SAM2_OVERRIDES, ConnectorConfig, LensConfig
-from lens_model.hub import assemble
-from lens_model.modeling import LensModel
+from lens_model.modeling import LensModel, build_lens
 from lens_model.processor import ReasonerProcessor
 
 QWEN25_VL_3B_TEXT = dict(
@@ -62,5 +61,5 @@ def build_real_size(dtype: torch.dtype, **overrides) -> LensModel:
     processor: ReasonerProcessor = tiny.build_processor(tokenizer, config.min_pixels, config.max_pixels)
     torch.manual_seed(0)
     with default_dtype(dtype):
-        model = assemble(config, processor)
+        model = build_lens(config, processor)
     return model.to(dtype).eval()  # .to() keeps SAM 2's Fourier matrix in fp32 (LensModel._apply)

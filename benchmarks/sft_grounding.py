@@ -8,7 +8,7 @@ instead of the paper's reasoning prompt.
 
 Each step is the stage's own: ``training.sft.sft_step`` (reasoning template, grounding weight 0.1 on
 the answer box and the reasoning's points) then the torch engine's backward and AdamW step on the
-whole reasoner. The model is the untrained demo architecture (``training.demo.init_model``; weights do
+whole reasoner. The model is the untrained demo architecture (``recipes.demo.init_model``; weights do
 not change the cost) on a synthetic data set of 1-6 shapes per 112-pixel scene. Times are medians
 over the repeats, the three settings interleaved; the ratio to the recomputed setting is printed.
 """
@@ -26,11 +26,11 @@ import torch
 from training.common.engine import build_engine
 from training.common.schema import EngineConfig
 from training.data.registry import load_dataset
-from training.demo.init_model import DemoArchitecture, build_demo_model
-from training.grounding_attention import GroundingAttentionSection
+from recipes.demo.init_model import DemoArchitecture, build_demo_model
+from training.batches import BatchEncoder
+from recipes.demo.grounding_attention import AttentionGrounding, GroundingAttentionSection
 from training.loop import set_train_modes, trainable_parameters
-from training.sft import sft_step
-from training.stage import BatchEncoder
+from training.sft import sft_loss
 from training.synthetic import generate_dataset
 
 SETTINGS = ("grounded head recomputed (SDPA)", "eager attention everywhere", "no grounding (SDPA)",
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = build_engine(model, trainable_parameters(model, ["reasoner."]), EngineConfig(lr=1e-4), total_steps=10**6)
     set_train_modes(model)
     encoder = BatchEncoder(model, 0, vision_frozen=False, sam_encoder_frozen=False)
-    grounding = GroundingAttentionSection(weight=0.1, reasoning_points=True)
+    grounding = AttentionGrounding(GroundingAttentionSection(weight=0.1, reasoning_points=True))
     rng = random.Random(0)
 
     def step(setting: str) -> float:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         model.config.instruction = SHORT_INSTRUCTION if setting == SETTINGS[3] else ""
         batch = rng.sample(samples, args.batch_size)
         start = time.perf_counter()
-        loss, _ = sft_step(model, encoder, batch, grounding if setting != SETTINGS[2] else None)
+        loss, _ = sft_loss(engine, encoder, batch, grounding if setting != SETTINGS[2] else None)
         engine.backward(loss)
         engine.step()
         return time.perf_counter() - start

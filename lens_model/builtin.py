@@ -8,5 +8,5 @@ from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).parent / "assets"
 TINY_RANDOM = "tiny-random"  # built from a config in memory: random weights, for tests and plumbing
-DEMO_MODEL = "lens-synth-demo"  # trained by training/demo/pipeline.sh; the offline default
+DEMO_MODEL = "lens-synth-demo"  # trained by recipes/demo/pipeline.sh; the offline default
 BUILTIN_NAMES = (TINY_RANDOM, DEMO_MODEL)

@@ -83,12 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from lens_model.prompts import clean_query
+    from lens_model.prompts import DEFAULT_MAX_QUERY_CHARS, clean_query
 
     from lens_model.hub import resolve_device, resolve_dtype
     from lens_model.predictor import LensPredictor
 
-    query = clean_query(args.query, max_chars=2000)
+    query = clean_query(args.query, DEFAULT_MAX_QUERY_CHARS)  # before the model loads; the model checks its own limit
     image = read_image_file(args.image, apply_exif_orientation=True)
     dtype = resolve_dtype(args.dtype, resolve_device(args.device))
     with StagedOutputs(Path(args.out)) as outputs:  # an unusable --out fails here, before the model loads

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lens_model.errors import CheckpointFormatError, one_line
-from lens_model.prompts import check_instruction
+from lens_model.prompts import DEFAULT_MAX_QUERY_CHARS, check_instruction
 from lens_model.typed_json import CheckedFields, bounded, from_json
 
 PromptCollapse = Literal["conv1d", "none"]
@@ -118,14 +118,14 @@ class LensConfig(CheckedFields):
     system_prompt: str = "You are a helpful assistant. "
     # The user turn for ``template``, a format pattern with {query}; empty: the template's built-in
     # prompt (the paper's). Models trained with their own wording (for example from
-    # ``training.demo.init_model --instruction``) carry it here.
+    # ``recipes.demo.init_model --instruction``) carry it here.
     instruction: str = ""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     # The released checkpoint whose settings this config carries ("OuyBin/LENS", ...); "" otherwise.
     profile: str = ""
     mask_threshold: float = bounded(0.0, -1e4, 1e4)
-    max_query_chars: int = bounded(2000, 1, 100_000)
+    max_query_chars: int = bounded(DEFAULT_MAX_QUERY_CHARS, 1, 100_000)
     random_weights: bool = False
     name: str = ""
 

@@ -122,9 +122,12 @@ class LensModel(nn.Module):
         ``reasoner`` (default: the model's own) scores a frozen reference policy through the same path.
         """
         reasoner = reasoner if reasoner is not None else self.reasoner
+        # One tensor for both passes below, so that their gradients into the vision tower add up in one order.
+        vision = torch.cat(inputs.vision)
         logprobs = None
         if return_logprobs:
-            out = self._full_pass(reasoner, inputs, completions.ids, completions.attention, "mrope", logprobs=True)
+            out = self._full_pass(reasoner, inputs, vision, completions.ids, completions.attention, "mrope",
+                                  logprobs=True)
             prompt_len = inputs.prompts.input_ids.shape[1]
             # The state before each completion token predicts it.
             hidden = out.sequence_hidden[:, prompt_len - 1 : prompt_len - 1 + completions.ids.shape[1]]
@@ -133,7 +136,7 @@ class LensModel(nn.Module):
             if query_states is None and self.config.query_positions == "mrope" and not self._masks_pads:
                 query_states = out.query_states
         if query_states is None and (sam_features is not None or return_query_states):
-            query_states = self._query_pass(reasoner, inputs, completions)
+            query_states = self._query_pass(reasoner, inputs, vision, completions)
         mask_logits = iou = None
         if sam_features is not None:
             mask_logits, iou = self._masks(query_states, sam_features, rows_per_image)
@@ -154,20 +157,21 @@ class LensModel(nn.Module):
     def _masks_pads(self) -> bool:
         return self.config.preprocessing.mask_pad_in_query_pass
 
-    def _full_pass(self, reasoner: nn.Module, inputs: ReasonerInputs, ids: torch.Tensor, attention: torch.Tensor,
-                   scheme: str, logprobs: bool = False):
-        return full_query_pass(reasoner, inputs.prompts, inputs.grid_thw.to(self.device), torch.cat(inputs.vision), ids,
-                               attention, self.context.context_queries, self.processor.pad_token_id, scheme,
+    def _full_pass(self, reasoner: nn.Module, inputs: ReasonerInputs, vision: torch.Tensor, ids: torch.Tensor,
+                   attention: torch.Tensor, scheme: str, logprobs: bool = False):
+        return full_query_pass(reasoner, inputs.prompts, inputs.grid_thw.to(self.device), vision, ids, attention,
+                               self.context.context_queries, self.processor.pad_token_id, scheme,
                                return_sequence_hidden=logprobs)
 
-    def _query_pass(self, reasoner: nn.Module, inputs: ReasonerInputs, completions: Completions) -> torch.Tensor:
+    def _query_pass(self, reasoner: nn.Module, inputs: ReasonerInputs, vision: torch.Tensor,
+                    completions: Completions) -> torch.Tensor:
         attention = completions.attention
         if self._masks_pads:  # the authors' mask is ``ids != pad``: a pad token inside an answer is not attended
             attention = attention * (completions.ids != self.processor.pad_token_id)
         if self.config.reuses_kv_cache and completions.cache is not None and reasoner is self.reasoner:
             return cached_query_pass(reasoner, inputs.prompts, completions.ids, attention, completions.cache,
                                      completions.rope_deltas, self.context.context_queries)
-        return self._full_pass(reasoner, inputs, completions.ids, attention, self.config.query_positions).query_states
+        return self._full_pass(reasoner, inputs, vision, completions.ids, attention, self.config.query_positions).query_states
 
     def _masks(self, states: torch.Tensor, features: sam_head.SamImageFeatures,
                rows_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ REASONING_TEMPLATE = (
     '"label": "object"}}]</answer>.'
 )
 TEMPLATES = {"direct": DIRECT_TEMPLATE, "reasoning": REASONING_TEMPLATE}
+DEFAULT_MAX_QUERY_CHARS = 2000  # the model's and the node's limit unless configured otherwise
 # The authors' "samr1_v4" user turn, word for word (their sentences are joined without spaces): the
 # prompt ``OuyBin/LENS_ReasonSeg_CoT`` was trained and evaluated with. It asks for the think/answer
 # format, so that checkpoint loads with template "reasoning" and this as its ``instruction``.
@@ -28,30 +29,42 @@ SAMR1_V4_INSTRUCTION = (
 )
 
 
-def clean_query(query: object, max_chars: int, collapse_whitespace: bool = True) -> str:
-    """Validate a referring expression: a non-empty string of at most ``max_chars`` characters.
+def query_text(data: object) -> str:
+    """The text of a query as received (a string, or UTF-8 bytes), or InputError when it is not valid
+    UTF-8 text. rclpy decodes strings with ``errors="replace"``, so invalid UTF-8 sent to the node
+    reaches it as U+FFFD; undecodable command-line bytes arrive as lone surrogates."""
+    if isinstance(data, bytes):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"query is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    if not isinstance(data, str):
+        raise InputError(f"query must be a string, got {type(data).__name__}")
+    if "\ufffd" in data:
+        raise InputError("query is not valid UTF-8 (it contains U+FFFD replacement characters)")
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("query is not valid UTF-8 (it holds lone surrogates)") from None
+    return data
+
+
+def clean_query(query: object, max_chars: int, collapse_whitespace: bool = True, limit_name: str = "") -> str:
+    """Validate a referring expression: non-empty UTF-8 text of at most ``max_chars`` characters.
 
     With ``collapse_whitespace`` runs of whitespace become one space and the ends are stripped;
     without it the text is returned as given (the authors' code tokenises queries verbatim).
+    ``limit_name`` names the setting behind ``max_chars`` in the error.
     """
-    if isinstance(query, bytes):
-        try:
-            query = query.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"query is not valid UTF-8: {exc}") from exc
-    if not isinstance(query, str):
-        raise InputError(f"query must be a string, got {type(query).__name__}")
-    try:
-        query.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: undecodable bytes smuggled into a str
-        raise InputError("query is not valid UTF-8 text (it holds lone surrogates)") from None
+    text = query_text(query)
     if collapse_whitespace:
-        query = " ".join(query.split())
-    if not query.strip():
+        text = " ".join(text.split())
+    if not text.strip():
         raise InputError("query is empty")
-    if len(query) > max_chars:
-        raise InputError(f"query is {len(query)} characters long; the limit is {max_chars}")
-    return query
+    if len(text) > max_chars:
+        setting = f" ({limit_name})" if limit_name else ""
+        raise InputError(f"query is {len(text)} characters long; the limit is {max_chars}{setting}")
+    return text
 
 
 def check_instruction(instruction: str) -> None:

@@ -34,10 +34,6 @@ class SegmentationResult:
     generated_tokens: int = 0
 
     @property
-    def has_box(self) -> bool:
-        return self.box is not None
-
-    @property
     def mask_area(self) -> int:
         return int(self.mask.sum())
 

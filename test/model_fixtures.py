@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lens_model.hub import build_tiny_random
 from lens_model.modeling import LensModel
+from lens_model.tiny import build_tiny_random
 
 
 def tiny_model(**overrides) -> LensModel:
@@ -21,10 +21,10 @@ def scene(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
 
 def tiny_qwen2_vl_model(**overrides) -> LensModel:
     """A tiny LENS around a Qwen2-VL (not 2.5) reasoner: the other supported architecture."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLConfig
 
     from lens_model import sam_head, tiny
-    from lens_model.modeling import LensModel
+    from lens_model.modeling import build_lens
 
     tokenizer = tiny.build_tokenizer()
     base = tiny.reasoner_config(tokenizer)
@@ -41,8 +41,7 @@ def tiny_qwen2_vl_model(**overrides) -> LensModel:
         tie_word_embeddings=True,
     )
     lens_config = tiny.tiny_lens_config(**overrides)
-    reasoner = Qwen2VLForConditionalGeneration(config)
-    lens_config.reasoner_config = reasoner.config.to_dict()
+    lens_config.reasoner_config = config.to_dict()
     lens_config.sam2_model_config = sam_head.resolve_sam2_config(lens_config.sam2_config, lens_config.sam2_overrides)
     processor = tiny.build_processor(tokenizer, lens_config.min_pixels, lens_config.max_pixels)
-    return LensModel(lens_config, reasoner, processor, sam_head.build_sam2(lens_config.sam2_model_config)).eval()
+    return build_lens(lens_config, processor).eval()

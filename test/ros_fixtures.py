@@ -41,6 +41,7 @@ class FakeSegmenter:
         self.gate = gate
         self.calls: list[tuple[tuple[int, ...], str, str | None, int | None]] = []
         self.images: list[np.ndarray] = []
+        self.threads: list[threading.Thread] = []  # the thread each predict ran on
         self.started = threading.Event()
 
     def describe(self) -> dict[str, Any]:
@@ -50,6 +51,7 @@ class FakeSegmenter:
                 max_new_tokens: int | None = None) -> SegmentationResult:
         self.calls.append((image_rgb.shape, query, template, max_new_tokens))
         self.images.append(image_rgb.copy())
+        self.threads.append(threading.current_thread())
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"

@@ -33,7 +33,7 @@ def test_alignment_lowers_the_loss_and_raises_iou(data_root, tmp_path):
 
 
 def test_only_the_context_module_changes(data_root, tmp_path):
-    from lens_model.hub import build_tiny_random
+    from lens_model.tiny import build_tiny_random
 
     run_stage(align.main, CONFIG, data_root, tmp_path / "out", "max_steps=3", "data.eval_limit=0")
     trained = load_file(tmp_path / "out" / "model.safetensors")
@@ -70,6 +70,6 @@ def test_alignment_under_deepspeed(data_root, tmp_path, zero_stage):
         "engine.backend=deepspeed", f"engine.zero_stage={zero_stage}", "checkpoint.every_steps=2", "data.eval_limit=2"])
     assert (tmp_path / "ds" / "model.safetensors").is_file()
     assert (tmp_path / "ds" / "checkpoints" / "step-4" / "deepspeed").is_dir()
-    from lens_model.hub import load_model
+    from lens_model.checkpoints import load_model
 
     load_model(str(tmp_path / "ds"))

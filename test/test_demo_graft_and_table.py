@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lens_model import tiny
-from lens_model.hub import build_tiny_random, load_model, save_model
-from training.demo import ablation_table, graft_sam
+from lens_model.checkpoints import load_model, save_model
+from lens_model.tiny import build_tiny_random
+from recipes.demo import ablation_table, graft_sam
 
 
 def test_graft_takes_sam_from_one_model_and_everything_else_from_the_other(tmp_path):

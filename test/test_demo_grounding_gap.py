@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from lens_model.hub import build_tiny_random
+from lens_model.tiny import build_tiny_random
 from stage_fixtures import synthetic_data
 from training.data.registry import load_dataset
 from training.data.synthetic_expressions import ListedShape
-from training.demo import grounding_gap
+from recipes.demo import grounding_gap
 
 
 @pytest.fixture(scope="module")

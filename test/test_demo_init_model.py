@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from lens_model import tiny
-from lens_model.hub import load_model
+from lens_model.checkpoints import load_model
+from lens_model.predictor import LensPredictor
 from training.data.registry import load_dataset
-from training.demo import init_model
+from recipes.demo import init_model
 from training.synthetic import main as synthetic_main
 
 
@@ -33,8 +34,9 @@ def test_init_model_writes_a_loadable_untrained_demo_model(data_root, tmp_path):
     reasoning = load_dataset("synthetic", data_root, "train")[0].reasoning
     demo_tokens = len(model.processor.tokenizer(reasoning)["input_ids"])
     assert demo_tokens < 0.6 * len(tiny.build_tokenizer()(reasoning)["input_ids"])
-    assert config.instruction == ""  # the paper's prompt
-    result = model.predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4)
+    assert config.instruction == 'Find "{query}".'  # the shipped recipe's short prompt
+    assert model.reasoner.config.text_config.rope_parameters["rope_theta"] == 1e6
+    result = LensPredictor(model).predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4)
     assert result.mask.shape == (112, 112)
 
 
@@ -65,7 +67,8 @@ def test_patch_and_merge_sizes_set_the_number_of_image_tokens(data_root, tmp_pat
     model = load_model(str(out))
     encoded = model.encode_image(np.zeros((112, 112, 3), np.uint8))
     assert encoded.num_tokens == 1 and model.vision_embeds(encoded).shape == (1, 64)
-    assert model.predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4).mask.shape == (112, 112)
+    result = LensPredictor(model).predict(np.full((112, 112, 3), 200, np.uint8), "the red circle", max_new_tokens=4)
+    assert result.mask.shape == (112, 112)
 
 
 def test_language_model_initial_weight_scale_is_an_option(data_root, tmp_path):

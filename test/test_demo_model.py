@@ -15,7 +15,8 @@ from rosbags.rosbag2 import Writer
 from stage_fixtures import synthetic_data
 
 from lens_model.cli import main as cli_main
-from lens_model.hub import load_model
+from lens_model.checkpoints import load_model
+from lens_model.predictor import LensPredictor
 from lens_ros.bag import main as bag_main
 from training.data.registry import load_dataset
 from training.evaluate import run_evaluation
@@ -33,7 +34,7 @@ GIOU_THRESHOLD = 0.38
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(NAME)
+    return LensPredictor.from_pretrained(NAME)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,8 @@ def chance_giou(root: Path, dataset) -> float:
     return float(np.mean([1.0 / shapes[dataset[i].image_id] for i in range(len(dataset))]))
 
 
-def giou(model, dataset) -> float:
-    return run_evaluation(model, dataset, SegmentationMeter(), progress=False).summary()["gIoU"]
+def giou(predictor: LensPredictor, dataset) -> float:
+    return run_evaluation(predictor, dataset, SegmentationMeter(), progress=False).summary()["gIoU"]
 
 
 def example_target() -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +80,7 @@ def test_a_re_initialised_language_model_stays_below_the_threshold(unseen):
     for module in model.reasoner.model.language_model.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=0.088)
-    assert giou(model, dataset) < GIOU_THRESHOLD
+    assert giou(LensPredictor(model), dataset) < GIOU_THRESHOLD
 
 
 def test_the_readme_example_finds_the_leftmost_circle(model):

@@ -6,13 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lens_model.hub import build_tiny_random, load_model
+from lens_model.checkpoints import load_model
+from lens_model.tiny import build_tiny_random
 from training.common.logging import read_metrics
 from training.data.registry import load_dataset
-from training.demo import sam_pretrain
+from recipes.demo import sam_pretrain
 from training.synthetic import main as synthetic_main
 
-CONFIG = "training/configs/demo_sam.yaml"
+CONFIG = "recipes/demo/configs/sam.yaml"
 
 
 @pytest.fixture(scope="module")

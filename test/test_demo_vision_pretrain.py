@@ -7,15 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lens_model.hub import build_tiny_random, load_model
+from lens_model.checkpoints import load_model
+from lens_model.tiny import build_tiny_random
 from training.common.logging import read_metrics
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
 from stage_fixtures import assert_exact_resume, run_stage, synthetic_data
-from training.demo import vision_pretrain
+from recipes.demo import vision_pretrain
 
-CONFIG = "training/configs/demo_vision.yaml"
+CONFIG = "recipes/demo/configs/vision.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    from lens_model.hub import build_tiny_random
+    from lens_model.predictor import LensPredictor
+    from lens_model.tiny import build_tiny_random
 
-    return build_tiny_random().eval()
+    return LensPredictor(build_tiny_random().eval())
 
 
 def test_cli_writes_metrics_json(data_root, tmp_path, capsys):

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lens_model.hub import build_tiny_random
+from lens_model.tiny import build_tiny_random
 from lens_model.released_profiles import AUTHORS_LENGTH_CAP
 from lens_model.result import SegmentationResult
 from training import evaluate
 from training.data.masks import Polygons, mask_to_rle
 from training.data.registry import load_dataset
-from training.metrics import SegmentationMeter, histogram_iou, mask_iou
+from training.iou import histogram_intersection_union, mask_intersection_union
+from training.metrics import SegmentationMeter
 from training.protocol import paper_model_config
 
 H, W = 40, 60
@@ -80,11 +81,11 @@ def test_histogram_iou_drops_overlaps_from_the_target_but_not_from_the_union():
     values[0, :3] = 1
     values[0, 3] = 2  # two polygons overlap here
     pred = np.ones((1, 4), bool)
-    assert histogram_iou(pred, values) == (3, 4)  # 0.75, where the binarised ground truth gives 1.0
-    assert mask_iou(pred, values) == (4, 4)
+    assert histogram_intersection_union(pred, values) == (3, 4)  # 0.75, where the binarised ground truth gives 1.0
+    assert mask_intersection_union(pred, values) == (4, 4)
     ignored = values.copy()
     ignored[0, 3] = 255
-    assert histogram_iou(pred, ignored) == (3, 3)  # 255 is ignored, in the prediction too
+    assert histogram_intersection_union(pred, ignored) == (3, 3)  # 255 is ignored, in the prediction too
 
 
 def test_overlapping_polygons(refcoco):

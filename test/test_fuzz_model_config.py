@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lens_model import sam_arch
 from lens_model.config import LensConfig
 from lens_model.errors import CheckpointFormatError
-from lens_model.hub import meta_device
+from lens_model.modeling import meta_device
 from lens_model.sam_head import resolve_sam2_config
 from lens_model.tiny import TINY_SAM2_OVERRIDES
 

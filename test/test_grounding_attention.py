@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from lens_model.answer_format import format_answer
-from lens_model.hub import build_tiny_random
+from lens_model.tiny import build_tiny_random
 from stage_fixtures import run_stage, synthetic_data
-from training import grounding_attention as ga
-from training import sft
+from recipes.demo import grounding_attention as ga
+from training.batches import BatchEncoder
 from training.common.logging import read_metrics
 from training.data.sample import Sample
-from training.stage import BatchEncoder
+from recipes.demo import sft as demo_sft
 
 
 def _sample(box, mask_rows=None, size=8):
@@ -120,13 +120,13 @@ def test_recorded_head_probabilities_are_the_models_own(implementation):
     samples = [Sample(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8), text, np.ones((56, 56), bool), (4, 6, 30, 40),
                       f"i{k}", "r", "s", "test") for k, text in enumerate(["the red circle", "a cup"])]
     batch = BatchEncoder(model, 0, False, False).encode(samples, model.config.template, with_sam_features=False)
-    ids, mask = model.encode_completions(["<think>x</think>short", "<think>a longer one (3, 4)</think>[1, 2]"])
+    answers = model.encode_completions(["<think>x</think>short", "<think>a longer one (3, 4)</think>[1, 2]"])
+    mask = answers.attention
     assert not mask.all()  # the first completion is padded
     module, head = ga.attention_modules(model.reasoner, [-1])[0], 1
 
     def forward():
-        model.sequence_forward(batch.prompts, batch.grid_thw, batch.vision, ids, mask, with_logprobs=True,
-                               with_query_states=False)
+        model(batch.inputs, answers, return_logprobs=True)
 
     model.reasoner.set_attn_implementation("eager")
     expected, handle = _eager_weights(module, head)
@@ -136,7 +136,7 @@ def test_recorded_head_probabilities_are_the_models_own(implementation):
     model.reasoner.set_attn_implementation(implementation)
     with torch.no_grad(), ga.recorded_attention([module], head) as recorded:
         forward()
-    real = torch.cat([batch.prompts.attention_mask, mask], 1).bool()  # rows of real tokens
+    real = torch.cat([batch.inputs.prompts.attention_mask, mask], 1).bool()  # rows of real tokens
     assert recorded[0].shape == expected[0].shape
     torch.testing.assert_close(recorded[0][:, :real.shape[1]][real], expected[0][:, :real.shape[1]][real], atol=1e-5, rtol=1e-4)
     other_head, handle = _eager_weights(module, 0)
@@ -162,7 +162,7 @@ def test_config_refuses_a_negative_weight_and_an_unknown_target():
 
 def test_sft_with_grounding_attention_points_the_head_at_the_target(tmp_path_factory, tmp_path):
     data_root = synthetic_data(tmp_path_factory.mktemp("syn"), images=10, seed=5, size=112)
-    run_stage(sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "out", "data.eval_limit=0",
+    run_stage(demo_sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "out", "data.eval_limit=0",
               "max_steps=30", "log.every_steps=5", "engine.lr=1e-2", "grounding_attention.weight=1.0",
               "grounding_attention.reasoning_points=true")
     records = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if "grounding_attention" in r]

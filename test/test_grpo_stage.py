@@ -6,11 +6,13 @@ from stage_fixtures import QUIET, assert_exact_resume, run_stage, run_stage_proc
 from training.common.config import load_config
 from training.common.logging import read_metrics
 from training.grpo.__main__ import main as grpo_main
+from lens_model.config import GenerationConfig
+from training.batches import BatchEncoder, training_dataset
 from training.grpo.config import GRPOConfig
-from training.grpo.rollout import generate
+from training.grpo.rollout import RolloutSampler
 from training.grpo.trainer import reference_policy
 from training.grpo.update import policy_loss
-from training.stage import BatchEncoder, build_model, training_dataset
+from training.starting_model import build_model
 
 CONFIG = "training/configs/grpo_tiny.yaml"
 
@@ -22,7 +24,13 @@ def data_root(tmp_path_factory):
 
 def config(data_root, tmp_path, *overrides):
     return load_config(GRPOConfig, CONFIG, [f"data.root={data_root}", f"output_dir={tmp_path}",
-                                             "rollout.max_completion_length=12", *overrides])
+                                             "rollout.sampling.max_new_tokens=12", *overrides])
+
+
+def generate(model, reference, encoder, samples, cfg):
+    """A rollout, with the model as its own engine (calling it runs its forward, as the engines do)."""
+    sampler = RolloutSampler(GenerationConfig(**cfg.rollout.sampling), cfg.rollout.group_size, reference, None)
+    return sampler(model, encoder, samples)
 
 
 @pytest.fixture()
@@ -40,10 +48,10 @@ def test_rollout_groups_and_advantages(setup):
     cfg, model, encoder, samples = setup
     rollout = generate(model, None, encoder, samples, cfg)
     group = cfg.rollout.group_size
-    assert rollout.completion_ids.shape[0] == len(samples) * group and rollout.group_size == group
+    assert rollout.completions.ids.shape[0] == len(samples) * group == len(rollout) and rollout.group_size == group
     assert [s.sample_id for s in rollout.samples] == [s.sample_id for s in samples for _ in range(group)]
-    loss = policy_loss(model, rollout, cfg, vision_trains=True)
-    assert torch.isfinite(loss)
+    loss, stats = policy_loss(model, encoder, rollout, cfg)
+    assert torch.isfinite(loss) and stats == rollout.stats
     grouped = rollout.advantages.view(len(samples), group)
     assert torch.allclose(grouped.mean(dim=1), torch.zeros(len(samples)), atol=1e-4)
     for key in ("reward", "reward_format", "reward_box", "reward_mask", "kl", "clip_fraction", "completion_length",
@@ -55,7 +63,7 @@ def test_one_policy_forward_and_one_vision_pass_per_image(setup, monkeypatch):
     cfg, model, encoder, samples = setup
     rollout = generate(model, None, encoder, samples, cfg)
     calls = {"forward": 0, "vision": 0}
-    forward, vision = model.sequence_forward, model.vision_embeds
+    forward, vision = model.forward, model.vision_embeds
 
     def count_forward(*a, **k):
         calls["forward"] += 1
@@ -65,9 +73,9 @@ def test_one_policy_forward_and_one_vision_pass_per_image(setup, monkeypatch):
         calls["vision"] += 1
         return vision(*a, **k)
 
-    monkeypatch.setattr(model, "sequence_forward", count_forward)
+    monkeypatch.setattr(model, "forward", count_forward)
     monkeypatch.setattr(model, "vision_embeds", count_vision)
-    policy_loss(model, rollout, cfg, vision_trains=True).backward()
+    policy_loss(model, encoder, rollout, cfg)[0].backward()
     assert calls == {"forward": 1, "vision": len(samples)}  # not len(samples) * group_size
 
 
@@ -77,7 +85,7 @@ def test_kl_is_zero_before_any_update(setup, data_root, tmp_path):
     cfg = config(data_root, tmp_path, "objective.beta=0.04")
     reference = reference_policy(model, cfg)
     rollout = generate(model, reference, encoder, samples, cfg)
-    policy_loss(model, rollout, cfg, vision_trains=True)
+    policy_loss(model, encoder, rollout, cfg)
     assert rollout.stats["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -86,13 +94,14 @@ def test_second_inner_iteration_uses_the_old_policy(data_root, tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg.model)
     dataset = training_dataset(cfg.data)
-    rollout = generate(model, None, BatchEncoder(model, 8, False, True), [dataset[0]], cfg)
+    encoder = BatchEncoder(model, 8, False, True)
+    rollout = generate(model, None, encoder, [dataset[0]], cfg)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    policy_loss(model, rollout, cfg, vision_trains=True).backward()
+    policy_loss(model, encoder, rollout, cfg)[0].backward()
     optimizer.step()
     optimizer.zero_grad()
     first_old = rollout.logp_old.clone()
-    policy_loss(model, rollout, cfg, vision_trains=True)
+    policy_loss(model, encoder, rollout, cfg)
     assert torch.equal(rollout.logp_old, first_old)
     assert rollout.stats["ratio"] != pytest.approx(1.0, abs=1e-6)
 
@@ -100,7 +109,7 @@ def test_second_inner_iteration_uses_the_old_policy(data_root, tmp_path):
 def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, monkeypatch):
     assert_exact_resume(grpo_main, CONFIG, data_root, tmp_path, monkeypatch,
                         ("max_steps=4", "checkpoint.every_steps=2", "engine.lr=1e-3", "data.eval_limit=0",
-                         "rollout.max_completion_length=12"))
+                         "rollout.sampling.max_new_tokens=12"))
     curve = [r for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in curve] == [2, 4]
 
@@ -110,9 +119,9 @@ def test_grpo_under_deepspeed_zero3_bf16(data_root, tmp_path):
     pytest.importorskip("deepspeed")
     run_stage_process("training.grpo", [
         "--config", CONFIG, f"data.root={data_root}", f"output_dir={tmp_path / 'ds'}", *QUIET, "max_steps=2",
-        "engine.backend=deepspeed", "engine.zero_stage=3", "engine.bf16=true", "rollout.max_completion_length=12",
+        "engine.backend=deepspeed", "engine.zero_stage=3", "engine.bf16=true", "rollout.sampling.max_new_tokens=12",
         "data.eval_limit=0", "checkpoint.every_steps=2"])
-    from lens_model.hub import load_model
+    from lens_model.checkpoints import load_model
 
     load_model(str(tmp_path / "ds"))
 
@@ -120,10 +129,11 @@ def test_grpo_under_deepspeed_zero3_bf16(data_root, tmp_path):
 def test_lora_adapters_train_and_merge_into_a_plain_checkpoint(data_root, tmp_path):
     from safetensors.torch import load_file
 
-    from lens_model.hub import build_tiny_random, load_model
+    from lens_model.checkpoints import load_model
+    from lens_model.tiny import build_tiny_random
 
     run_stage(grpo_main, CONFIG, data_root, tmp_path / "out", "max_steps=2", "lora.rank=4", "engine.lr=1e-2",
-              "rollout.max_completion_length=12", "data.eval_limit=0")
+              "rollout.sampling.max_new_tokens=12", "data.eval_limit=0")
     trained = load_file(tmp_path / "out" / "model.safetensors")
     start = build_tiny_random().state_dict()
     assert trained.keys() == {k for k in start if k != "reasoner.lm_head.weight"}  # no adapter keys left
@@ -142,13 +152,13 @@ def test_grpo_raises_the_format_reward_of_a_briefly_warm_started_model(tmp_path)
     from training import sft
 
     data_root = synthetic_data(tmp_path / "syn", images=10, seed=5, size=112)
-    run_stage(sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "sft", "model.template=direct",
+    run_stage(sft.main, "training/configs/sft_tiny.yaml", data_root, tmp_path / "sft", "model.lens.template=direct",
               "max_steps=100", "engine.lr=1e-2", "data.eval_limit=0", "checkpoint.every_steps=0")
     run_stage(grpo_main, CONFIG, data_root, tmp_path / "grpo", f"model.init={tmp_path / 'sft'}",
-              "model.template=direct", "rewards.weights.format=1.0", "rewards.weights.box=0.0",
+              "model.lens.template=direct", "rewards.weights.format=1.0", "rewards.weights.box=0.0",
               "rewards.weights.mask=0.0", "objective.beta=0.0", "objective.seg_weight=0.0", "max_steps=24",
               "engine.lr=1e-3", "engine.scheduler=constant", "engine.micro_batch_size=8", "rollout.group_size=8",
-              "rollout.max_completion_length=64", "log.every_steps=1", "data.eval_limit=0", "checkpoint.every_steps=0")
+              "rollout.sampling.max_new_tokens=64", "log.every_steps=1", "data.eval_limit=0", "checkpoint.every_steps=0")
     curve = [r["reward"] for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "reward" in r]
     assert len(curve) == 24
     start, end = sum(curve[:6]) / 6, sum(curve[-6:]) / 6

@@ -1,80 +1,20 @@
-"""Metrics against hand-computed cases: IoU conventions, ignore regions, resolution, boxes, the meter."""
+"""The evaluation meter against hand-computed cases (the IoUs themselves: test_iou.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.metrics import SegmentationMeter, box_iou, expression_iou, mask_iou, prediction_to_mask
+from training.iou import box_iou
+from training.metrics import SegmentationMeter
 
 
 def _mask(rows: list[str]) -> np.ndarray:
     return np.array([[c == "#" for c in row] for row in rows])
-
-
-def test_mask_iou_by_hand() -> None:
-    pred = _mask(["##..", "##..", "...."])
-    gt = _mask([".##.", ".##.", "...."])
-    assert mask_iou(pred, gt) == (2, 6)
-    assert mask_iou(torch.from_numpy(pred), torch.from_numpy(gt)) == (2, 6)
-
-
-def test_empty_prediction_on_empty_ground_truth_scores_one() -> None:
-    empty = np.zeros((3, 3), bool)
-    assert mask_iou(empty, empty) == (0, 0)
-    assert expression_iou(0, 0) == 1.0
-    assert expression_iou(*mask_iou(_mask(["#..", "...", "..."]), empty)) == 0.0
-
-
-def test_ground_truth_is_binarised() -> None:
-    pred = _mask(["##", "##"])
-    summed_polygons = np.array([[1, 2], [0, 0]], np.uint8)  # overlapping polygons summed, as LENS's eval did
-    assert mask_iou(pred, summed_polygons) == (2, 4)
-
-
-def test_ignore_pixels_leave_both_intersection_and_union() -> None:
-    pred = _mask(["###.", "...."])
-    gt = _mask(["#..#", "#..."])
-    ignore = _mask(["..#.", "#..."])
-    assert mask_iou(pred, gt) == (1, 5)
-    assert mask_iou(pred, gt, ignore) == (1, 3)
-
-
-def test_shape_mismatch_and_logits_are_refused_with_a_hint() -> None:
-    with pytest.raises(ValueError, match="prediction_to_mask"):
-        mask_iou(np.zeros((2, 3), bool), np.zeros((3, 2), bool))
-    with pytest.raises(TypeError, match="threshold"):
-        mask_iou(np.zeros((2, 2), np.float32), np.zeros((2, 2), bool))
-    with pytest.raises(ValueError, match="ignore"):
-        mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool), np.zeros((1, 2), bool))
-
-
-def test_prediction_to_mask_upsamples_logits_bilinearly_and_masks_nearest() -> None:
-    logits = torch.tensor([[-1.0, 3.0], [-2.0, 0.5]])
-    expected = F.interpolate(logits[None, None], size=(4, 6), mode="bilinear", align_corners=False)[0, 0] > 0
-    np.testing.assert_array_equal(prediction_to_mask(logits, (4, 6)), expected.numpy())
-    np.testing.assert_array_equal(prediction_to_mask(logits.numpy(), (2, 2)), np.array([[False, True], [False, True]]))
-    upsampled = prediction_to_mask(np.array([[True, False], [False, False]]), (4, 4))
-    np.testing.assert_array_equal(upsampled, _mask(["##..", "##..", "....", "...."]))
-    with pytest.raises(ValueError):
-        prediction_to_mask(torch.zeros(1, 2, 2), (4, 4))
-
-
-def test_box_iou_by_hand_and_invalid_boxes() -> None:
-    assert box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
-    assert box_iou((0, 0, 2, 2), (1, 0, 3, 2)) == pytest.approx(2 / 6)
-    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
-    for bad in (None, (0, 0, 0, 0), (1, 1, 0, 2), (0, 0, math.nan, 1), (0, 0, math.inf, 1), (1, 2, 3), "abcd"):
-        assert box_iou(bad, (0, 0, 1, 1)) == 0.0
-        assert box_iou((0, 0, 1, 1), bad) == 0.0
-    assert box_iou((0, 0, 1e300, 1e300), (0, 0, 1e300, 1e300)) == 0.0  # overflowing areas, not NaN
 
 
 coordinates = st.floats(-100, 100, allow_nan=False)

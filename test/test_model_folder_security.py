@@ -17,7 +17,9 @@ import torch
 
 from lens_model.config import LensConfig
 from lens_model.errors import CheckpointFormatError, LensError, ModelNotFoundError
-from lens_model.hub import load_model, locate, meta_device, resolve_device
+from lens_model.checkpoints import save_model, load_model
+from lens_model.hub import locate, resolve_device
+from lens_model.modeling import meta_device
 from lens_model.sam_head import resolve_sam2_config
 from model_fixtures import tiny_model
 
@@ -37,7 +39,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("good") / "model"
-    tiny_model().save_pretrained(str(folder))
+    save_model(tiny_model(), folder)
     return folder
 
 

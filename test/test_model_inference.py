@@ -6,11 +6,12 @@ import torch
 from lens_model.config import LensConfig
 from lens_model.errors import CheckpointFormatError, InputError
 from model_fixtures import scene, tiny_model
+from lens_model.predictor import LensPredictor
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return LensPredictor(tiny_model())
 
 
 def test_predict_returns_full_result(model):
@@ -40,7 +41,7 @@ def test_predict_many_matches_single_predictions(model):
 
 def test_predict_many_shares_the_encoders(model, monkeypatch):
     calls = {"vision": 0, "sam": 0}
-    vision, sam = model.vision_embeds, model.sam_features
+    vision, sam = model.model.vision_embeds, model.model.sam_features
 
     def count_vision(*a, **k):
         calls["vision"] += 1
@@ -50,8 +51,8 @@ def test_predict_many_shares_the_encoders(model, monkeypatch):
         calls["sam"] += 1
         return sam(*a, **k)
 
-    monkeypatch.setattr(model, "vision_embeds", count_vision)
-    monkeypatch.setattr(model, "sam_features", count_sam)
+    monkeypatch.setattr(model.model, "vision_embeds", count_vision)
+    monkeypatch.setattr(model.model, "sam_features", count_sam)
     results = model.predict_many(scene(), ["a", "b", "c", "d"])
     assert len(results) == 4 and calls == {"vision": 1, "sam": 1}
 
@@ -74,20 +75,21 @@ def test_bad_images_raise_input_error(model, image):
         model.predict(image, "the red square")
 
 
-def rendered_prompt(model, query: str, template: str | None) -> str:
+def rendered_prompt(predictor: LensPredictor, query: str, template: str | None) -> str:
     """The prompt text ``predict`` renders for ``query``."""
     captured = {}
-    render = model.processor.render
+    processor = predictor.model.processor
+    render = processor.render
 
     def spy(*args):
         captured["text"] = render(*args)
         return captured["text"]
 
-    model.processor.render = spy
+    processor.render = spy
     try:
-        model.predict(scene(), query, template=template, max_new_tokens=4)
+        predictor.predict(scene(), query, template=template, max_new_tokens=4)
     finally:
-        model.processor.render = render
+        processor.render = render
     return captured["text"]
 
 
@@ -99,7 +101,7 @@ def test_reasoning_template_prompt_reaches_the_reasoner(model):
 def test_custom_instruction_replaces_the_prompt_of_the_models_own_template():
     """A model trained with its own wording (``LensConfig.instruction``) is prompted with it; asked
     for the other template, it gets that template's built-in prompt."""
-    model = tiny_model(template="reasoning", instruction='Find "{query}".')
+    model = LensPredictor(tiny_model(template="reasoning", instruction='Find "{query}".'))
     text = rendered_prompt(model, "the red square", None)
     assert 'Find "the red square".<|im_end|>' in text and "<think>" not in text
     assert "Output the bounding box of the the red square" in rendered_prompt(model, "the red square", "direct")
@@ -116,16 +118,16 @@ def test_clean_variant_uses_all_queries_as_prompts():
     states = torch.randn(2, model.config.num_queries, model.reasoner.config.text_config.hidden_size)
     prompts = model.context(states)
     assert prompts.shape == (2, model.config.num_queries, 256)
-    result = model.predict(scene(), "the blue rectangle")
+    result = LensPredictor(model).predict(scene(), "the blue rectangle")
     assert result.mask.shape == (96, 128)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"prompt_collapse": "none", "query_positions": "mrope"}])
 def test_bfloat16_inference(overrides):
     """GPU users run in bf16 ("auto"); SAM 2's position encoding must keep working."""
-    from lens_model.hub import load_model
+    from lens_model.checkpoints import load_model
 
     model = load_model("tiny-random", dtype="bfloat16", **overrides)
     assert model.dtype == torch.bfloat16
-    result = model.predict(scene(), "the red square")
+    result = LensPredictor(model).predict(scene(), "the red square")
     assert result.mask.shape == (96, 128) and 0.0 <= result.score <= 1.0

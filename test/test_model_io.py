@@ -5,16 +5,18 @@ import numpy as np
 import pytest
 import torch
 
+from lens_model.checkpoints import load_model, save_model
 from lens_model.config import ConnectorConfig
 from lens_model.errors import CheckpointFormatError, LensError, ModelNotFoundError
-from lens_model.hub import load_model, locate
+from lens_model.hub import locate
+from lens_model.predictor import LensPredictor
 from model_fixtures import scene, tiny_model
 from released_layout import write_released_checkpoint
 
 
 def _same_outputs(a, b, query="the red square"):
     image = scene()
-    ra, rb = a.predict(image, query), b.predict(image, query)
+    ra, rb = LensPredictor(a).predict(image, query), LensPredictor(b).predict(image, query)
     assert ra.answer == rb.answer
     assert np.array_equal(ra.mask, rb.mask)
     assert ra.score == pytest.approx(rb.score, abs=1e-6)
@@ -29,7 +31,7 @@ def _same_parameters(a, b):
 
 def test_native_round_trip(tmp_path):
     model = tiny_model()
-    model.save_pretrained(str(tmp_path / "m"))
+    save_model(model, str(tmp_path / "m"))
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "preprocessor_config.json"} <= files
     loaded = load_model(str(tmp_path / "m"))
@@ -40,7 +42,7 @@ def test_native_round_trip(tmp_path):
 
 def test_round_trip_keeps_the_clean_variant(tmp_path):
     model = tiny_model(prompt_collapse="none", query_positions="mrope")
-    model.save_pretrained(str(tmp_path / "m"))
+    save_model(model, str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
     assert loaded.context.query_collapse is None and loaded.config.reuses_kv_cache
     _same_outputs(model, loaded)
@@ -83,7 +85,7 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = tiny_model()
-    model.save_pretrained(str(tmp_path / "m"))
+    save_model(model, str(tmp_path / "m"))
     state = load_file(tmp_path / "m" / "model.safetensors")
     state["context.context_queries"] = torch.zeros(1, 8, 64)
     save_file(state, tmp_path / "m" / "model.safetensors")
@@ -93,7 +95,7 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
 
 def test_truncated_weights_give_a_clear_error(tmp_path):
     model = tiny_model()
-    model.save_pretrained(str(tmp_path / "m"))
+    save_model(model, str(tmp_path / "m"))
     path = tmp_path / "m" / "model.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointFormatError):
@@ -121,7 +123,7 @@ def test_qwen2_vl_reasoner_predicts_and_round_trips(tmp_path, overrides):
     from model_fixtures import tiny_qwen2_vl_model
 
     model = tiny_qwen2_vl_model(**overrides)
-    model.save_pretrained(str(tmp_path / "m"))
+    save_model(model, str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
     assert type(loaded.reasoner).__name__ == "Qwen2VLForConditionalGeneration"
     _same_outputs(model, loaded)
@@ -129,7 +131,7 @@ def test_qwen2_vl_reasoner_predicts_and_round_trips(tmp_path, overrides):
 
 def test_sharded_checkpoint_round_trip(tmp_path, capsys):
     model = tiny_model()
-    model.save_pretrained(str(tmp_path / "m"), max_shard_size="2MB")
+    save_model(model, str(tmp_path / "m"), max_shard_size="2MB")
     shards = sorted(p.name for p in (tmp_path / "m").glob("model-*.safetensors"))
     assert len(shards) > 1 and (tmp_path / "m" / "model.safetensors.index.json").is_file()
     loaded = load_model(str(tmp_path / "m"))

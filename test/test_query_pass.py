@@ -25,20 +25,18 @@ def test_completion_mask_stops_after_first_eos():
 
 def _setup(model, queries):
     encoded = model.encode_image(scene())
-    prompts = model.encode_prompts(queries, [encoded] * len(queries))
-    grid = encoded.grid_thw.repeat(len(queries), 1)
-    vision = [model.vision_embeds(encoded)] * len(queries)
-    return prompts, grid, vision
+    inputs = model.encode_inputs(queries, [encoded] * len(queries), [model.vision_embeds(encoded)] * len(queries))
+    return inputs, inputs.prompts, inputs.grid_thw, inputs.vision
 
 
 @torch.no_grad()
 def test_kv_reuse_equals_full_reforward_after_generate():
     model = tiny_model(query_positions="mrope", prompt_collapse="none")
-    prompts, grid, vision = _setup(model, ["the red square", "a longer query about the blue rectangle at the right"])
-    generation = model.generate(prompts, grid, vision, keep_cache=True, max_new_tokens=10)
-    cached = model.query_states(prompts, grid, vision, generation)
+    inputs, prompts, grid, vision = _setup(model, ["the red square", "a longer query about the blue rectangle at the right"])
+    completions = model.generate(inputs, keep_cache=True, max_new_tokens=10)
+    cached = model(inputs, completions, return_query_states=True).query_states
     full = full_query_pass(
-        model.reasoner, prompts, grid, torch.cat(vision), generation.completion_ids, generation.completion_attention,
+        model.reasoner, prompts, grid, torch.cat(vision), completions.ids, completions.attention,
         model.context.context_queries, model.processor.pad_token_id, "mrope",
     ).query_states
     assert torch.allclose(cached, full, atol=1e-5)
@@ -48,7 +46,7 @@ def test_kv_reuse_equals_full_reforward_after_generate():
 def test_kv_reuse_masks_tokens_after_an_early_end_of_sequence():
     """Rows that stop early carry padding in the cache; their queries must ignore it."""
     model = tiny_model(query_positions="mrope", prompt_collapse="none")
-    prompts, grid, vision = _setup(model, ["the red square", "the blue rectangle"])
+    _, prompts, grid, vision = _setup(model, ["the red square", "the blue rectangle"])
     eos, pad = model.processor.eos_token_ids[0], model.processor.pad_token_id
     completion = torch.tensor([[40, 41, eos, pad, pad, pad], [50, 51, 52, 53, 54, eos]])
     attention = completion_mask(completion, model.processor.eos_token_ids)
@@ -79,9 +77,9 @@ def test_kv_reuse_masks_tokens_after_an_early_end_of_sequence():
 @torch.no_grad()
 def test_sequential_scheme_differs_from_mrope():
     model = tiny_model()
-    prompts, grid, vision = _setup(model, ["the red square"])
-    generation = model.generate(prompts, grid, vision, max_new_tokens=4)
-    args = (model.reasoner, prompts, grid, torch.cat(vision), generation.completion_ids, generation.completion_attention,
+    inputs, prompts, grid, vision = _setup(model, ["the red square"])
+    completions = model.generate(inputs, max_new_tokens=4)
+    args = (model.reasoner, prompts, grid, torch.cat(vision), completions.ids, completions.attention,
             model.context.context_queries, model.processor.pad_token_id)
     seq = full_query_pass(*args, "sequential").query_states
     mrope = full_query_pass(*args, "mrope").query_states

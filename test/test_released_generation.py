@@ -17,7 +17,7 @@ from lens_model.config import ConnectorConfig, GenerationConfig
 from lens_model.decoding import generate_kwargs
 from lens_model.errors import CheckpointFormatError, InputError
 from lens_model.generation_file import read_generation_file
-from lens_model.hub import load_model
+from lens_model.checkpoints import save_model, load_model
 from model_fixtures import scene, tiny_model
 from released_layout import released_generation_config, write_released_checkpoint
 
@@ -47,8 +47,8 @@ def recorded(config):
 
 def inputs(model, query="the red square"):
     encoded = model.encode_image(scene())
-    prompts = model.encode_prompts([query], [encoded])
-    return encoded, prompts, [model.vision_embeds(encoded)]
+    reasoner_inputs = model.encode_inputs([query], [encoded], [model.vision_embeds(encoded)])
+    return encoded, reasoner_inputs.prompts, reasoner_inputs
 
 
 def authors_generate(model, directory, encoded, prompts, **kwargs):
@@ -71,7 +71,7 @@ def test_generation_config_is_recorded_and_round_trips(tiny, tmp_path):
     ids = model.processor.tokenizer.convert_tokens_to_ids
     assert model.config.generation.repetition_penalty == 1.05
     assert model.config.generation.eos_token_ids == [ids("<|im_end|>"), ids("<|endoftext|>")]
-    model.save_pretrained(str(tmp_path / "native"))
+    save_model(model, str(tmp_path / "native"))
     assert recorded(load_model(str(tmp_path / "native")).config) == recorded(model.config)
 
 
@@ -80,19 +80,19 @@ def test_repetition_penalty_decodes_exactly_as_hugging_face_greedy_search(tiny, 
     directory = tmp_path / "LENS"
     model = released(tiny, directory, penalty)
     encoded, prompts, vision = inputs(model)
-    ours = model.generate(prompts, encoded.grid_thw, vision, max_new_tokens=24)
+    ours = model.generate(vision, max_new_tokens=24)
     theirs = authors_generate(model, directory, encoded, prompts, max_new_tokens=24)
     length = prompts.input_ids.shape[1]
-    tokens = ours.completion_ids[0][ours.completion_attention[0].bool()]
+    tokens = ours.ids[0][ours.attention[0].bool()]
     assert torch.equal(tokens, theirs.sequences[0, length:])
     # Every step's scores are the raw logits through transformers' own repetition penalty.
     penalize = RepetitionPenaltyLogitsProcessor(penalty)
     for step, (scores, logits) in enumerate(zip(theirs.scores, theirs.logits)):
         assert torch.equal(scores, penalize(theirs.sequences[:, :length + step], logits.clone()))
     assert not torch.equal(theirs.scores[0], theirs.logits[0])  # the prompt's tokens are penalised already
-    without = model.generate(prompts, encoded.grid_thw, vision, max_new_tokens=24, repetition_penalty=1.0)
+    without = model.generate(vision, max_new_tokens=24, repetition_penalty=1.0)
     if penalty == 3.0:  # the control: this penalty changes the tiny model's answer
-        assert not torch.equal(without.completion_ids, ours.completion_ids)
+        assert not torch.equal(without.ids, ours.ids)
 
 
 def test_length_cap_counts_prompt_and_answer_as_max_length_does(tiny, tmp_path):
@@ -102,13 +102,13 @@ def test_length_cap_counts_prompt_and_answer_as_max_length_does(tiny, tmp_path):
     encoded, prompts, vision = inputs(model)
     length = prompts.input_ids.shape[1]
     model.config.generation.max_length = length + 5
-    ours = model.generate(prompts, encoded.grid_thw, vision, min_new_tokens=5)
+    ours = model.generate(vision, min_new_tokens=5)
     theirs = authors_generate(model, directory, encoded, prompts, max_length=length + 5, min_new_tokens=5)
-    assert ours.completion_ids.shape[1] == 5 and torch.equal(ours.completion_ids[0], theirs.sequences[0, length:])
+    assert ours.ids.shape[1] == 5 and torch.equal(ours.ids[0], theirs.sequences[0, length:])
     model.config.generation.max_length = length
     with pytest.raises(InputError, match="caps prompt \\+ answer"):
-        model.generate(prompts, encoded.grid_thw, vision)
-    assert model.generate(prompts, encoded.grid_thw, vision, max_new_tokens=2).completion_ids.shape[1] <= 2
+        model.generate(vision)
+    assert model.generate(vision, max_new_tokens=2).ids.shape[1] <= 2
 
 
 def test_generate_kwargs():
@@ -152,15 +152,15 @@ def test_placeholders_are_suppressed_only_where_the_authors_pipeline_fails(tiny,
     directory = tmp_path / "LENS"
     model = released(tiny, directory)
     encoded, prompts, vision = inputs(model)
-    before = model.generate(prompts, encoded.grid_thw, vision, max_new_tokens=6)
+    before = model.generate(vision, max_new_tokens=6)
     # Make <|image_pad|> the argmax at the first step: its (tied, output-only) embedding row becomes a
     # scaled copy of the first answer token's.
     pad = model.processor.image_token_id
     weights = model.reasoner.get_input_embeddings().weight
     with torch.no_grad():
-        weights[pad] = 100 * weights[before.completion_ids[0, 0]]
-    suppressed = model.generate(prompts, encoded.grid_thw, vision, max_new_tokens=6)
-    assert torch.equal(suppressed.completion_ids, before.completion_ids)  # nothing else changes
+        weights[pad] = 100 * weights[before.ids[0, 0]]
+    suppressed = model.generate(vision, max_new_tokens=6)
+    assert torch.equal(suppressed.ids, before.ids)  # nothing else changes
     theirs = authors_generate(model, directory, encoded, prompts, max_new_tokens=6).sequences
     assert theirs[0, prompts.input_ids.shape[1]] == pad
     with pytest.raises(ValueError, match="[Ii]mage features and image tokens do not match"):
@@ -170,7 +170,7 @@ def test_placeholders_are_suppressed_only_where_the_authors_pipeline_fails(tiny,
 
 def test_old_configs_without_the_new_fields_load_with_todays_behaviour(tmp_path):
     model = tiny_model()
-    model.save_pretrained(str(tmp_path / "m"))
+    save_model(model, str(tmp_path / "m"))
     path = tmp_path / "m" / "config.json"
     data = json.loads(path.read_text())
     for key in ("preprocessing", "profile"):

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from lens_model import sam_head
+from lens_model.checkpoints import load_model
 from lens_model.config import ConnectorConfig
 from lens_model.errors import CheckpointFormatError, LensError
-from lens_model.hub import load_model
+from lens_model.predictor import LensPredictor
 from lens_model.processor import resize_longest
 from lens_model.prompts import SAMR1_V4_INSTRUCTION
 from lens_model.query_pass import full_query_pass
@@ -122,8 +123,8 @@ def test_reasonseg_profile_changes_what_the_reasoner_and_sam_see(tiny, folder, t
 def test_released_queries_are_verbatim_and_native_ones_collapsed(tiny, folder, tmp_path):
     query = "  the red\tsquare  "
     released = load_model(str(place(folder, tmp_path / "LENS")), **tiny_overrides(tiny))
-    assert released.predict(scene(), query).query == query
-    assert tiny.predict(scene(), query).query == "the red square"
+    assert LensPredictor(released).predict(scene(), query).query == query
+    assert LensPredictor(tiny).predict(scene(), query).query == "the red square"
 
 
 def test_pad_tokens_are_left_out_of_the_query_pass_as_the_authors_mask_did(tiny, folder, tmp_path):
@@ -131,21 +132,22 @@ def test_pad_tokens_are_left_out_of_the_query_pass_as_the_authors_mask_did(tiny,
     <|endoftext|> (an end id, and Qwen's pad) has that token masked."""
     released = load_model(str(place(folder, tmp_path / "LENS")), **tiny_overrides(tiny))
     encoded = released.encode_image(scene())
-    prompts = released.encode_prompts(["the red square"], [encoded])
     vision = [released.vision_embeds(encoded)]
-    generation = released.generate(prompts, encoded.grid_thw, vision, max_new_tokens=4)
+    inputs = released.encode_inputs(["the red square"], [encoded], vision)
+    prompts = inputs.prompts
+    generation = released.generate(inputs, max_new_tokens=4)
     pad = released.processor.pad_token_id
-    generation.completion_ids[0, -1] = pad  # the answer ends with <|endoftext|>
-    states = released.query_states(prompts, encoded.grid_thw, vision, generation)
-    ids = torch.cat([prompts.input_ids, generation.completion_ids], dim=1)
+    generation.ids[0, -1] = pad  # the answer ends with <|endoftext|>
+    states = released(inputs, generation, return_query_states=True).query_states
+    ids = torch.cat([prompts.input_ids, generation.ids], dim=1)
     authors_mask = (ids != pad).long()
     prompt_length = prompts.input_ids.shape[1]
     expected = full_query_pass(released.reasoner, prompts, encoded.grid_thw, torch.cat(vision),
-                               generation.completion_ids, authors_mask[:, prompt_length:], released.context.context_queries,
+                               generation.ids, authors_mask[:, prompt_length:], released.context.context_queries,
                                pad, "sequential").query_states
     assert torch.equal(states, expected)
     released.config.preprocessing.mask_pad_in_query_pass = False  # this project's convention: attend to it
-    assert not torch.allclose(released.query_states(prompts, encoded.grid_thw, vision, generation), expected)
+    assert not torch.allclose(released(inputs, generation, return_query_states=True).query_states, expected)
 
 
 def test_dataset_images_keep_their_stored_orientation_as_the_authors_pil_path(tmp_path):

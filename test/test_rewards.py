@@ -9,15 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lens_model.answer_parser import map_box, parse_answer
-from training.grpo.rewards import (
-    box_iou,
-    box_iou_reward,
-    format_reward,
-    mask_iou,
-    mask_iou_reward,
-    reward_components,
-    unified_reward,
-)
+from training.grpo.rewards import box_iou_reward, format_reward, mask_iou_reward, reward_components, unified_reward
+from training.iou import box_iou, mask_iou
 
 REASONING_OK = '<think>the cup is left</think><answer>[{"bbox_2d": [0, 0, 10, 10], "label": "cup"}]</answer>'
 DIRECT_OK = '```json\n[{"bbox_2d": [5, 5, 15, 15], "label": "cup"}]\n```'
@@ -139,9 +132,9 @@ def test_mask_iou_empty_cases():
 def test_mask_iou_rejects_float_and_mismatched_masks():
     with pytest.raises(TypeError, match="threshold"):
         mask_iou(np.full((2, 2), 0.7), np.ones((2, 2), dtype=bool))
-    with pytest.raises(ValueError, match="shapes differ"):
+    with pytest.raises(ValueError, match="differ in shape"):
         mask_iou(np.ones((2, 2), dtype=bool), np.ones((2, 3), dtype=bool))
-    with pytest.raises(ValueError, match="ignore shape"):
+    with pytest.raises(ValueError, match="ignore .* differ in shape"):
         mask_iou(np.ones((2, 2), dtype=bool), np.ones((2, 2), dtype=bool), ignore=np.ones((3, 2), dtype=bool))
 
 

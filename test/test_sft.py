@@ -39,7 +39,9 @@ def test_sft_lowers_the_completion_loss(data_root, tmp_path):
 
 
 def test_frozen_vision_tower_and_the_rest_outside_the_reasoner_stay_unchanged(data_root, tmp_path):
-    from lens_model.hub import build_tiny_random, load_model
+    from lens_model.checkpoints import load_model
+    from lens_model.predictor import LensPredictor
+    from lens_model.tiny import build_tiny_random
 
     run(data_root, tmp_path / "out", "max_steps=2", "freeze_vision_tower=true")
     trained = load_file(tmp_path / "out" / "model.safetensors")
@@ -49,7 +51,8 @@ def test_frozen_vision_tower_and_the_rest_outside_the_reasoner_stay_unchanged(da
     assert all(k.startswith("reasoner.") and not k.startswith(sft.VISION_TOWER) for k in changed)
     model = load_model(str(tmp_path / "out"))
     assert model.config.template == "reasoning" and not model.config.random_weights
-    assert model.predict(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy(), "the red circle").mask.shape == (32, 32)
+    image = torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()
+    assert LensPredictor(model).predict(image, "the red circle").mask.shape == (32, 32)
 
 
 def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, monkeypatch):
@@ -62,7 +65,8 @@ def test_resume_after_a_crash_reaches_the_same_parameters(data_root, tmp_path, m
 def test_lora_adapters_learn_and_are_merged_into_a_plain_model(data_root, tmp_path, caplog):
     """With adapters the reasoner learns only through them (as in GRPO): the default ``trainable``
     ["reasoner."] selects weights that stay frozen, and a warning says so."""
-    from lens_model.hub import build_tiny_random, load_model
+    from lens_model.checkpoints import load_model
+    from lens_model.tiny import build_tiny_random
 
     with caplog.at_level("WARNING", logger="training.lora"):
         run(data_root, tmp_path / "out", "max_steps=3", "lora.rank=4", "lora.target_modules=[q_proj,v_proj]",

@@ -6,10 +6,12 @@ import random
 import numpy as np
 import torch
 
+from lens_model.checkpoints import save_model
 from model_fixtures import tiny_model, tiny_qwen2_vl_model
 from training.common.config import load_config
 from training.common.rng import seed_everything
-from training.stage import StageConfig, build_model, build_seeded_model
+from training.stage_config import StageConfig
+from training.starting_model import build_model, build_seeded_model
 
 
 def draws() -> tuple[float, float, float]:
@@ -19,7 +21,7 @@ def draws() -> tuple[float, float, float]:
 def test_training_stream_does_not_depend_on_the_loaded_architecture(tmp_path):
     configs = []
     for name, model in (("qwen2_5_vl", tiny_model()), ("qwen2_vl", tiny_qwen2_vl_model())):
-        model.save_pretrained(tmp_path / name)
+        save_model(model, tmp_path / name)
         overrides = [f"model.init={tmp_path / name}", "data.root=unused", f"output_dir={tmp_path}", "max_steps=1", "seed=7"]
         configs.append(load_config(StageConfig, None, overrides))
 

@@ -201,7 +201,7 @@ def test_sampler_resumes_mid_epoch():
     resumed.load_state(saved)
     assert list(resumed) == full[4:] and len(resumed) == 6
     resumed.advance(6)
-    assert resumed.epoch_finished and len(resumed) == 0
+    assert resumed.position == resumed.epoch_length and len(resumed) == 0
     with pytest.raises(ValueError, match="seed"):
         ResumableSampler(10, seed=4, rank=0, world_size=1).load_state(saved)
 

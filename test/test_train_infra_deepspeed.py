@@ -30,10 +30,15 @@ def batches(count: int, size: int = 4, seed: int = 1) -> list[tuple[torch.Tensor
     return [(x, x[:, :1] * 2 - x[:, 1:2]) for x in xs]
 
 
+def inputs_dtype(engine) -> torch.dtype:
+    """DeepSpeed with bf16 keeps bf16 weights, so the toy's inputs must be bf16 too."""
+    return torch.bfloat16 if engine.cfg.bf16 else torch.float32
+
+
 def train(engine, data) -> list[float]:
     losses = []
     for x, y in data:
-        out = engine(x.to(engine.device, engine.input_dtype))
+        out = engine(x.to(engine.device, inputs_dtype(engine)))
         loss = nn.functional.mse_loss(out.float(), y.to(engine.device))
         engine.backward(loss)
         if engine.step():
@@ -44,7 +49,7 @@ def train(engine, data) -> list[float]:
 def eval_loss(engine) -> float:
     (x, y), = batches(1, size=64, seed=99)
     with torch.no_grad():
-        return nn.functional.mse_loss(engine(x.to(engine.device, engine.input_dtype)).float(), y).item()
+        return nn.functional.mse_loss(engine(x.to(engine.device, inputs_dtype(engine))).float(), y).item()
 
 
 def params(engine) -> dict[str, torch.Tensor]:

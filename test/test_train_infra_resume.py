@@ -62,7 +62,7 @@ def run_toy_training(out_dir: str, max_steps: int, crash_after: int | None) -> N
                    progress_bar=cfg.log.progress_bar) as logger:
         samples = 0
         while state.global_step < cfg.max_steps:
-            if sampler.epoch_finished:
+            if sampler.position >= sampler.epoch_length:
                 sampler.set_epoch(sampler.epoch + 1)
             for x, y in loader:
                 with engine.autocast():

@@ -56,14 +56,11 @@ class FeatureCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[str, object] = OrderedDict()
-        self.hits = self.misses = 0
 
     def get(self, key: str, compute: Callable[[], object]):
         if self.size > 0 and key in self._items:
             self._items.move_to_end(key)
-            self.hits += 1
             return self._items[key]
-        self.misses += 1
         value = compute()
         if self.size > 0:
             self._items[key] = value

@@ -125,18 +125,18 @@ def train_stage(
     with logger:
         while state.global_step < cfg.max_steps:
             saved_block = state.global_step // every if every else 0
-            buffer: list[Any] = []
-            rollout_s = 0.0
+            rollout_start = time.perf_counter()
+            # Every rollout of a step is sampled before any of its losses, from the weights before its update.
+            buffer = [] if rollout is None else [rollout(engine, encoder, next(run.stream))
+                                                 for _ in range(engine.grad_accum_steps)]
+            rollout_s = time.perf_counter() - rollout_start
             for pass_index in range(passes):
                 started = time.perf_counter()
                 metrics: dict[str, float] = {}
                 rows = 0
                 for micro in range(engine.grad_accum_steps):
-                    if pass_index == 0:  # every item of the buffer comes from the weights before this step's update
-                        rollout_start = time.perf_counter()
-                        samples = next(run.stream)
-                        buffer.append(samples if rollout is None else rollout(engine, encoder, samples))
-                        rollout_s += time.perf_counter() - rollout_start
+                    if rollout is None and pass_index == 0:
+                        buffer.append(next(run.stream))
                     with engine.autocast():
                         value, item_metrics = loss(engine, encoder, buffer[micro])
                     engine.backward(value)
@@ -149,7 +149,7 @@ def train_stage(
                 if engine.grad_norm is not None:
                     metrics["grad_norm"] = engine.grad_norm
                 if rollout is not None:
-                    metrics.update(time_rollout_s=rollout_s, time_update_s=time.perf_counter() - started - rollout_s)
+                    metrics.update(time_rollout_s=rollout_s, time_update_s=time.perf_counter() - started)
                     rollout_s = 0.0
                 logger.step(state.global_step, metrics, num_samples=rows, lr=engine.lr)
                 if state.global_step >= cfg.max_steps:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lens_model import sam_head
 from training.data.sample import Sample
-from training.metrics import expression_iou, mask_iou
+from training.iou import mask_iou
 
 DICE_SMOOTHING = 1.0
 
@@ -125,6 +125,6 @@ def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample],
         totals.append(parts["total"])
         for name, value in parts.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
-        ious.append(expression_iou(*mask_iou((full[0] > 0).cpu().numpy(), sample.mask, sample.ignore)))
+        ious.append(mask_iou((full[0] > 0).cpu().numpy(), sample.mask, sample.ignore))
     means = {name: value / len(samples) for name, value in sums.items()}
     return torch.stack(totals).mean(), means, ious

@@ -1,14 +1,9 @@
-"""Evaluation metrics for referring segmentation and grounding.
+"""Evaluation metrics for referring segmentation and grounding (the IoUs themselves: ``training.iou``).
 
-- Mask IoU at the ground truth's original resolution; the ground truth is binarised (any nonzero
-  pixel is target) and ``ignore`` pixels are left out of both intersection and union.
 - gIoU: mean over expressions of I/U, an empty prediction on an empty ground truth scoring 1.0.
 - cIoU: cumulative sum(I) / sum(U) over all expressions.
-- Box IoU (0 for an invalid or degenerate box, never a division by zero) and accuracy at IoU >= 0.5.
+- Box IoU and accuracy at IoU >= 0.5.
 - Generation statistics: answer parse-failure rate and mean generated length in tokens.
-
-``histogram_iou`` counts as the authors' evaluation did (``--protocol paper``, see
-``training.protocol``): ground-truth values other than 0, 1 and 255 are neither target nor ignored.
 
 ``SegmentationMeter`` keeps per-expression counts keyed by sample id, refuses to score an id twice
 (padding duplicates from distributed samplers would otherwise bias the result) and round-trips
@@ -17,117 +12,17 @@ through ``to_dict``/``from_dict`` so an interrupted evaluation can be saved and 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from training.iou import box_iou, expression_iou, mask_intersection_union
 
 MeterValue = float | int | None
 FORMAT = "segmentation-meter/1"
-
-
-def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
-    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-
-
-def mask_iou(
-    pred: np.ndarray | torch.Tensor,
-    gt: np.ndarray | torch.Tensor,
-    ignore: np.ndarray | torch.Tensor | None = None,
-) -> tuple[int, int]:
-    """(intersection, union) pixel counts. ``pred`` must be a mask (bool or integer), not logits."""
-    pred, gt = _as_numpy(pred), _as_numpy(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(
-            f"prediction {pred.shape} and ground truth {gt.shape} differ in shape; resize the "
-            "prediction to the ground truth's original resolution first (prediction_to_mask)"
-        )
-    if np.issubdtype(pred.dtype, np.floating):
-        raise TypeError(
-            f"prediction must be a mask, got {pred.dtype} values; threshold logits first (prediction_to_mask)"
-        )
-    pred, gt = pred != 0, gt != 0
-    if ignore is not None:
-        ignore = _as_numpy(ignore)
-        if ignore.shape != gt.shape:
-            raise ValueError(f"ignore {ignore.shape} and ground truth {gt.shape} differ in shape")
-        keep = ignore == 0
-        pred, gt = pred & keep, gt & keep
-    return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
-
-
-def histogram_iou(pred: np.ndarray | torch.Tensor, gt_values: np.ndarray | torch.Tensor) -> tuple[int, int]:
-    """Foreground (intersection, union) as LISA's ``intersectionAndUnionGPU(pred, gt, 2, ignore_index=255)``
-    counts them, which the authors' evaluation used on unbinarised ground truth.
-
-    ``gt_values`` holds per-pixel values: 1 is target, 255 is ignored (the prediction there too), and
-    any other value (2 where two summed polygons overlap) falls outside the histogram: it is neither
-    target nor intersection, but a predicted pixel there still counts in the union.
-    """
-    pred, gt = _as_numpy(pred) != 0, _as_numpy(gt_values)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
-    kept = gt != 255
-    predicted = pred & kept
-    intersection = int(np.count_nonzero(predicted & (gt == 1)))
-    return intersection, int(np.count_nonzero(predicted)) + int(np.count_nonzero(gt == 1)) - intersection
-
-
-def expression_iou(intersection: int, union: int) -> float:
-    """I / U, with an empty prediction on an empty ground truth (U = 0) counting as a perfect 1.0."""
-    return 1.0 if union == 0 else intersection / union
-
-
-def prediction_to_mask(
-    prediction: np.ndarray | torch.Tensor, size: tuple[int, int], threshold: float = 0.0
-) -> np.ndarray:
-    """A 2-D prediction resized to ``size`` (H, W) as a bool mask.
-
-    Float input is read as logits: bilinear upsampling (align_corners=False, as LENS does) then
-    ``> threshold``. Bool or integer input is a mask and is resized with nearest-exact sampling.
-    """
-    tensor = torch.as_tensor(prediction).detach().cpu()
-    if tensor.dim() != 2:
-        raise ValueError(f"prediction must be 2-D (H, W), got shape {tuple(tensor.shape)}")
-    if tensor.is_floating_point():
-        resized = F.interpolate(tensor[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-        return (resized > threshold).numpy()
-    resized = F.interpolate((tensor != 0)[None, None].float(), size=size, mode="nearest-exact")[0, 0]
-    return (resized > 0.5).numpy()
-
-
-def box_iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes; 0.0 when either is missing, non-finite or degenerate."""
-    first, second = _valid_box(a), _valid_box(b)
-    if first is None or second is None:
-        return 0.0
-    width = min(first[2], second[2]) - max(first[0], second[0])
-    height = min(first[3], second[3]) - max(first[1], second[1])
-    intersection = max(width, 0.0) * max(height, 0.0)
-    union = _area(first) + _area(second) - intersection
-    if not math.isfinite(union) or union <= 0:
-        return 0.0
-    return intersection / union
-
-
-def _valid_box(box: Sequence[float] | None) -> tuple[float, float, float, float] | None:
-    if box is None:
-        return None
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        return None
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        return None
-    return x1, y1, x2, y2
-
-
-def _area(box: tuple[float, float, float, float]) -> float:
-    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -153,7 +48,7 @@ class SegmentationMeter:
         ignore: np.ndarray | torch.Tensor | None = None,
     ) -> float:
         """Score one expression's predicted mask; returns its IoU."""
-        return self.add_counts(sample_id, *mask_iou(pred, gt, ignore))
+        return self.add_counts(sample_id, *mask_intersection_union(pred, gt, ignore))
 
     def add_counts(self, sample_id: str, intersection: int, union: int) -> float:
         """Score one expression from its pixel counts (as another protocol counted them); returns its IoU."""

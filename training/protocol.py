@@ -9,7 +9,7 @@ the model runs with its own settings.
 
 * RefCOCO/+/g and GroundingSuite: an object's polygons (or RLEs) are summed, not OR-ed. Where two
   overlap the value is 2, which the histogram metric drops from the target and the intersection,
-  while a prediction there still counts in the union (``metrics.histogram_iou``).
+  while a prediction there still counts in the union (``training.iou.histogram_intersection_union``).
 * ReasonSeg: "ignore" shapes are background, and only each image's first query is scored.
 * GroundingSuite: every "is" and "are" substring is deleted from the caption, which is then lower-cased.
 * Each process takes every world-size-th item (a RefCOCO ref with all its sentences, a ReasonSeg
@@ -41,7 +41,8 @@ from training.data.masks import Polygons, Region
 from training.data.reasonseg import ReasonSegDataset
 from training.data.refer import ReferDataset
 from training.data.sample import Sample
-from training.metrics import SegmentationMeter, histogram_iou
+from training.iou import histogram_intersection_union
+from training.metrics import SegmentationMeter
 
 Protocol = Literal["corrected", "paper"]
 PROTOCOLS = ("corrected", "paper")
@@ -96,7 +97,7 @@ def score_mask(meter: SegmentationMeter, protocol: Protocol, dataset: TargetData
     if protocol == "corrected":
         meter.add_mask(sample.sample_id, prediction, sample.mask, sample.ignore)
     else:
-        meter.add_counts(sample.sample_id, *histogram_iou(prediction, paper_ground_truth(dataset, planned.target, sample)))
+        meter.add_counts(sample.sample_id, *histogram_intersection_union(prediction, paper_ground_truth(dataset, planned.target, sample)))
 
 
 def paper_ground_truth(dataset: TargetDataset, target: int, sample: Sample) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from lens_model.builtin import DEMO_MODEL
+from lens_model.prompts import DEFAULT_MAX_QUERY_CHARS
 
 RELIABILITIES = ("reliable", "best_effort")
 QUEUE_POLICIES = ("drop_oldest", "reject_new")
@@ -34,7 +35,7 @@ class LensParams:
     autostart: bool = _param(True, "autostart", "Configure and activate the lifecycle node at start (rclpy transport).")
     model_name: str = _param(
         DEMO_MODEL, "model.name",
-        "Model id or local path for lens_model.hub.load_model (GPU robots: OuyBin/LENS).", nonempty=True)
+        "Model id or local path for lens_model.load_model (GPU robots: OuyBin/LENS).", nonempty=True)
     device: str = _param("cpu", "model.device", "Torch device, e.g. cpu, cuda, cuda:1.", nonempty=True)
     dtype: str = _param("auto", "model.dtype", "auto, float32, bfloat16 or float16.", nonempty=True)
     template: str = _param(
@@ -68,7 +69,7 @@ class LensParams:
         "drop_oldest", "queries.full_policy",
         "When the queue is full: drop_oldest fails the oldest pending query, reject_new fails the new one.",
         choices=QUEUE_POLICIES)
-    max_query_length: int = _param(2000, "queries.max_length", "Longest accepted query, in characters.", minimum=1)
+    max_query_length: int = _param(DEFAULT_MAX_QUERY_CHARS, "queries.max_length", "Longest accepted query, in characters.", minimum=1)
     image_reliability: str = _param(
         "reliable", "qos.image_reliability",
         "Image subscription reliability: reliable gets whole large frames on Fast DDS and CycloneDDS, but nothing "
@@ -101,9 +102,6 @@ class LensParams:
         if unknown:
             raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(by_ros_name))}")
         return cls(**{by_ros_name[name]: value for name, value in values.items()})
-
-    def to_ros(self) -> dict[str, Any]:
-        return {f.metadata["ros_name"]: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)

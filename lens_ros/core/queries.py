@@ -6,7 +6,7 @@ import itertools
 import threading
 from dataclasses import dataclass
 
-from lens_model.errors import InputError
+from lens_model.prompts import clean_query, query_text
 
 DROP_OLDEST = "drop_oldest"
 REJECT_NEW = "reject_new"
@@ -20,27 +20,9 @@ class Query:
 
 
 def decode_query(data: str | bytes, max_length: int) -> str:
-    """The query text, or InputError for empty, oversized or non-UTF-8 input.
-
-    rclpy decodes strings with ``errors="replace"``, so invalid UTF-8 reaches us as U+FFFD;
-    the DDS transport passes the raw bytes.
-    """
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"query is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-    else:
-        text = data
-        if "\ufffd" in text:
-            raise InputError("query is not valid UTF-8 (it contains U+FFFD replacement characters)")
-    text = text.strip()
-    if not text:
-        raise InputError("query is empty")
-    if len(text) > max_length:
-        raise InputError(f"query is {len(text)} characters long; the limit is {max_length} (queries.max_length)")
-    return text
+    """The query text, stripped, or InputError for empty, oversized or non-UTF-8 input (the DDS
+    transport passes the raw bytes, rclpy a string)."""
+    return clean_query(query_text(data).strip(), max_length, collapse_whitespace=False, limit_name="queries.max_length")
 
 
 def printable_query(data: str | bytes) -> str:

@@ -87,10 +87,6 @@ class DeepSpeedEngine(Engine):
         return torch.device(self._ds.device)
 
     @property
-    def input_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self._ds.bfloat16_enabled() else torch.float32
-
-    @property
     def lr(self) -> float:
         return float(self._ds.get_lr()[0])
 

@@ -46,11 +46,6 @@ class Engine(ABC):
 
     @property
     @abstractmethod
-    def input_dtype(self) -> torch.dtype:
-        """dtype that floating-point model inputs must have (bf16 when DeepSpeed keeps bf16 weights)."""
-
-    @property
-    @abstractmethod
     def lr(self) -> float:
         """Learning rate of the first parameter group for the next optimizer step."""
 

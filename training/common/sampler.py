@@ -55,10 +55,6 @@ class ResumableSampler(Sampler[int]):
             return self.num_samples - self.num_samples % self.world_size
         return -(-self.num_samples // self.world_size) * self.world_size
 
-    @property
-    def epoch_finished(self) -> bool:
-        return self.position >= self.epoch_length
-
     def permutation(self, epoch: int) -> np.ndarray:
         """The global order of ``epoch`` (``epoch_length`` indices)."""
         if self.shuffle:

@@ -38,10 +38,6 @@ class TorchEngine(Engine):
         return self._device
 
     @property
-    def input_dtype(self) -> torch.dtype:
-        return torch.float32  # weights stay fp32; bf16 comes from autocast()
-
-    @property
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 

@@ -20,7 +20,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
-from training.data.sample import Box, Sample
+from lens_model.result import Box
+from training.data.sample import Sample
 from training.data.skips import BrokenEntry, SkipCounter
 
 Per = Literal["sentence", "ref"]

@@ -17,13 +17,13 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from lens_model.result import Box
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
 from training.data.fields import entry_id
 from training.data.images import read_rgb
 from training.data.lines import read_json_objects
 from training.data.masks import Rle, checked_mask, clip_box, parse_box, parse_rle, union_mask
 from training.data.paths import first_contained_file
-from training.data.sample import Box
 from training.data.skips import BrokenEntry, SkipCounter
 
 

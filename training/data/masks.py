@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from lens_model.result import Box
 from training.data.fields import brief
 from training.data.images import DECODE_ERRORS, MAX_IMAGE_PIXELS, check_pixel_budget
-from training.data.sample import Box
 from training.data.skips import BrokenEntry
 
 # Polygon vertices may overshoot the image by this fraction of its side (+1 px) before the polygon is

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lens_model.result import Box
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
 from training.data.fields import brief, entry_id
 from training.data.images import read_rgb
@@ -24,7 +25,6 @@ from training.data.lines import read_json_object
 from training.data.masks import Region, checked_mask, parse_coco_segmentation, union_mask, xywh_to_xyxy
 from training.data.paths import contained_file
 from training.data.safe_pickle import load_plain_pickle
-from training.data.sample import Box
 from training.data.skips import BrokenEntry, SkipCounter
 
 STANDARD_SENTENCE_KEYS = frozenset({"tokens", "raw", "sent", "sent_id", "reasoning"})

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-Box = tuple[float, float, float, float]
+from lens_model.result import Box
 
 
 @dataclass

@@ -14,7 +14,6 @@ Linear vs squared: the paper defines the box and mask rewards as IoU; the releas
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from lens_model.answer_parser import ParsedAnswer
 from lens_model.result import Box
+from training.iou import box_iou, mask_iou
 
 TEMPLATES = ("reasoning", "direct")
 REWARD_NAMES = ("format", "box", "mask")
@@ -36,48 +36,12 @@ def format_reward(parsed: ParsedAnswer, template: str) -> float:
     return 1.0 if parsed.format_ok(template) else 0.0
 
 
-def box_iou(pred: Box, gt: Box) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes with ordered corners, continuous coordinates (no +1 pixel).
-    0.0 when either box is degenerate, inverted or not finite."""
-    values = (*pred, *gt)
-    if not all(math.isfinite(v) for v in values):
-        return 0.0
-    area_pred = _area(pred)
-    area_gt = _area(gt)
-    if area_pred <= 0.0 or area_gt <= 0.0:
-        return 0.0
-    inter_w = min(pred[2], gt[2]) - max(pred[0], gt[0])
-    inter_h = min(pred[3], gt[3]) - max(pred[1], gt[1])
-    inter = max(inter_w, 0.0) * max(inter_h, 0.0)
-    union = area_pred + area_gt - inter
-    return min(max(inter / union, 0.0), 1.0)  # union >= max(areas) > 0
-
-
 def box_iou_reward(pred_box: Box | None, gt_box: Box | None, squared: bool = False) -> float:
     """IoU (or IoU² with ``squared``) of the predicted and ground-truth boxes; 0.0 if either is missing."""
     if pred_box is None or gt_box is None:
         return 0.0
     iou = box_iou(pred_box, gt_box)
     return iou * iou if squared else iou
-
-
-def mask_iou(pred_mask: MaskLike, gt_mask: MaskLike, ignore: MaskLike | None = None) -> float:
-    """IoU of two binary masks of the same shape (bool or integer 0/1; threshold logits first).
-    ``ignore`` marks pixels left out of both intersection and union (e.g. GT value 255).
-    Empty ∪ empty (nothing predicted, nothing to find) is a perfect answer: 1.0, as in the gIoU metric."""
-    pred = _as_bool(pred_mask, "pred_mask")
-    gt = _as_bool(gt_mask, "gt_mask").to(pred.device)
-    if pred.shape != gt.shape:
-        raise ValueError(f"mask shapes differ: pred {tuple(pred.shape)} vs gt {tuple(gt.shape)}")
-    if ignore is not None:
-        valid = ~_as_bool(ignore, "ignore").to(pred.device)
-        if valid.shape != pred.shape:
-            raise ValueError(f"ignore shape {tuple(valid.shape)} differs from mask shape {tuple(pred.shape)}")
-        pred, gt = pred & valid, gt & valid
-    union = int((pred | gt).sum())
-    if union == 0:
-        return 1.0
-    return int((pred & gt).sum()) / union
 
 
 def mask_iou_reward(
@@ -111,14 +75,3 @@ def reward_components(
         "box": box_iou_reward(parsed.box, gt_box, squared=squared),
         "mask": mask_iou_reward(pred_mask, gt_mask, ignore=ignore, squared=squared),
     }
-
-
-def _area(box: Box) -> float:
-    return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-
-
-def _as_bool(mask: MaskLike, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(mask)
-    if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
-        raise TypeError(f"{name} must be boolean or integer 0/1, got {tensor.dtype}; threshold it first")
-    return tensor.bool()

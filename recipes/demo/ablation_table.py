@@ -1,6 +1,6 @@
 """The stage-ablation table of the demo model, built from ``python -m training.evaluate`` result files.
 
-    python -m training.demo.ablation_table "SFT only=OUT/eval_sft.json" "+ alignment=OUT/eval_align.json" \
+    python -m recipes.demo.ablation_table "SFT only=OUT/eval_sft.json" "+ alignment=OUT/eval_align.json" \
         ... [--doc docs/demo_model.md]
 
 Prints a Markdown table (one row per ``LABEL=RESULTS.json``, in the order given); with ``--doc`` it
@@ -58,7 +58,7 @@ def parse_row(spec: str) -> tuple[str, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.demo.ablation_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.ablation_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("rows", nargs="+", type=parse_row, metavar="LABEL=RESULTS.json")
     parser.add_argument("--doc", type=Path, help="Markdown file whose marked block receives the table")
     args = parser.parse_args(argv)

@@ -31,7 +31,8 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from lens_model.processor import token_at
-from training.data.sample import Box, Sample
+from lens_model.result import Box
+from training.data.sample import Sample
 
 # A point "(x, y)", optionally described just before it: "a large red circle at (30, 41)".
 POINT = re.compile(r"(?:\b(?:an?|the) (?P<words>(?:[a-z]+ ){1,3})at )?\((?P<x>\d+(?:\.\d+)?), (?P<y>\d+(?:\.\d+)?)\)")

@@ -1,6 +1,6 @@
 """Pretrain a LENS model's SAM 2 with its native box prompts: the offline stand-in for SAM 2 weights.
 
-    python -m training.demo.sam_pretrain --config training/configs/demo_sam.yaml [key=value ...]
+    python -m recipes.demo.sam_pretrain --config recipes/demo/configs/sam.yaml [key=value ...]
 
 There is no pretrained SAM 2 without a network, and alignment keeps SAM 2 frozen, so the demo first
 teaches its tiny SAM 2 (image encoder, prompt encoder, mask decoder) to segment the object inside a
@@ -32,10 +32,13 @@ from training.common.config import parse_cli
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
-from training.loop import meets_minimum, run_supervised, trainable_parameters
-from training.losses import MaskLossWeights
+from training.batches import BatchEncoder
+from training.common.engine import Engine
+from training.loop import meets_minimum, train_stage, trainable_parameters
+from training.losses import MaskLossWeights, segmentation_loss
 from training.metrics import SegmentationMeter
-from training.stage import BatchEncoder, StageConfig, build_seeded_model, segmentation_loss
+from training.stage_config import StageConfig
+from training.starting_model import build_seeded_model
 
 
 @dataclass
@@ -68,8 +71,9 @@ def box_prompted_logits(model: LensModel, images: list, boxes: torch.Tensor,
     return logits
 
 
-def sam_step(model: LensModel, encoder: BatchEncoder, images: list[list[Sample]], cfg: SamPretrainConfig):
-    del encoder  # the reasoner's inputs play no part
+def sam_loss(engine: Engine, encoder: BatchEncoder, images: list[list[Sample]], cfg: SamPretrainConfig):
+    del engine  # SAM 2 is prompted with boxes directly, outside LensModel.forward (not under ZeRO-3)
+    model = encoder.model
     samples = [s for targets in images for s in targets]
     image_of_box = torch.tensor([i for i, targets in enumerate(images) for _ in targets])
     boxes = sam_boxes(samples, model.config.sam_image_size, cfg.box_jitter)
@@ -106,7 +110,7 @@ def train(cfg: SamPretrainConfig) -> dict[str, float]:
     """Train and export; returns the last evaluation's metrics (empty without evaluation)."""
     model = build_seeded_model(cfg)
     params = trainable_parameters(model, list(cfg.trainable))
-    return run_supervised(cfg, "sam_pretrain", model, params, partial(sam_step, cfg=cfg), evaluate=box_prompt_eval,
+    return train_stage(cfg, "sam_pretrain", model, params, partial(sam_loss, cfg=cfg), evaluate=box_prompt_eval,
                           dataset=ImageTargets(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, per="ref")))
 
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     advice = (f"SAM 2's mask decoder stayed on its 'every object' plateau, and alignment cannot work on top of it. "
               f"The model is exported to {cfg.output_dir} all the same. Whether the decoder leaves the plateau "
               f"depends on SAM 2's initial weights: build the untrained model with another `python -m "
-              f"training.demo.init_model --sam-seed` and train again (docs/demo_model.md, eighth round).")
+              f"recipes.demo.init_model --sam-seed` and train again.")
     return 0 if meets_minimum("sam_pretrain", train(cfg), "eval_box_prompt_gIoU", cfg.min_eval_giou, advice) else 1
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train lens-synth-demo from nothing and measure every stage (docs/demo_model.md), on a 2-core CPU.
 #
-#   bash training/demo/pipeline.sh                 # from the repository root; data/demo, outputs/demo
-#   DATA=/tmp/d OUT=/tmp/o bash training/demo/pipeline.sh
-#   INSTALL=1 bash training/demo/pipeline.sh       # also copy the final model to lens_model/assets/
+#   bash recipes/demo/pipeline.sh                 # from the repository root; data/demo, outputs/demo
+#   DATA=/tmp/d OUT=/tmp/o bash recipes/demo/pipeline.sh
+#   INSTALL=1 bash recipes/demo/pipeline.sh       # also copy the final model to lens_model/assets/
 #   EXTRA="max_steps=2 data.eval_limit=2" SAM_EXTRA=min_eval_giou=0 ALIGN_EXTRA=min_eval_giou=0 EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
 #
 # Synthetic data -> untrained model -> [vision tower pretraining | SAM 2 box pretraining] -> SFT
@@ -46,35 +46,34 @@ stamp "1/8 synthetic scenes"
 [ -f "$DATA/synthetic/instances.json" ] || $PY -m training.synthetic --out "$DATA" --images 8000 --size 112 --seed 5 --objects 1 6
 
 stamp "2/8 untrained demo model"
-[ -f "$OUT/init/config.json" ] || $PY -m training.demo.init_model --data "$DATA" --out "$OUT/init" --lm-init-std 0.088 --rope-theta 1e6 --sam-seed 2 \
-    --instruction 'Find "{query}".'
+[ -f "$OUT/init/config.json" ] || $PY -m recipes.demo.init_model --data "$DATA" --out "$OUT/init"
 
 stamp "3/8 vision tower pretraining | SAM 2 box pretraining"
 side_by_side \
-    "$PY -m training.demo.vision_pretrain --config training/configs/demo_vision.yaml model.init=$OUT/init output_dir=$OUT/vision $COMMON" \
-    "$PY -m training.demo.sam_pretrain --config training/configs/demo_sam.yaml model.init=$OUT/init output_dir=$OUT/sam $COMMON $SAM_EXTRA"
+    "$PY -m recipes.demo.vision_pretrain --config recipes/demo/configs/vision.yaml model.init=$OUT/init output_dir=$OUT/vision $COMMON" \
+    "$PY -m recipes.demo.sam_pretrain --config recipes/demo/configs/sam.yaml model.init=$OUT/init output_dir=$OUT/sam $COMMON $SAM_EXTRA"
 
 stamp "4/8 SFT ($NPROC processes)"
-$PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training.demo.sft --config training/configs/demo_sft.yaml \
+$PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m recipes.demo.sft --config recipes/demo/configs/sft.yaml \
     model.init="$OUT/vision" output_dir="$OUT/sft_reasoner" $COMMON
-$PY -m training.demo.graft_sam --model "$OUT/sft_reasoner" --sam "$OUT/sam" --out "$OUT/sft"
+$PY -m recipes.demo.graft_sam --model "$OUT/sft_reasoner" --sam "$OUT/sam" --out "$OUT/sft"
 
 stamp "5/8 alignment | evaluation of SFT"
 side_by_side \
-    "$PY -m training.align --config training/configs/demo_align.yaml model.init=$OUT/sft output_dir=$OUT/align $COMMON $ALIGN_EXTRA" \
+    "$PY -m training.align --config recipes/demo/configs/align.yaml model.init=$OUT/sft output_dir=$OUT/align $COMMON $ALIGN_EXTRA" \
     "$(evaluate "$OUT/sft")"
 
 stamp "6/8 GRPO without | with the mask reward"
 side_by_side \
-    "$PY -m training.grpo --config training/configs/demo_grpo_box.yaml model.init=$OUT/align output_dir=$OUT/grpo_box $COMMON" \
-    "$PY -m training.grpo --config training/configs/demo_grpo_mask.yaml model.init=$OUT/align output_dir=$OUT/grpo_mask $COMMON"
+    "$PY -m training.grpo --config recipes/demo/configs/grpo_box.yaml model.init=$OUT/align output_dir=$OUT/grpo_box $COMMON" \
+    "$PY -m training.grpo --config recipes/demo/configs/grpo_mask.yaml model.init=$OUT/align output_dir=$OUT/grpo_mask $COMMON"
 
 stamp "7/8 evaluations"
 side_by_side "$(evaluate "$OUT/align")" "$(evaluate "$OUT/grpo_box")"
 bash -c "$(evaluate "$OUT/grpo_mask")"
 
 stamp "8/8 ablation table"
-$PY -m training.demo.ablation_table \
+$PY -m recipes.demo.ablation_table \
     "SFT only=$OUT/sft/eval_test.json" \
     "+ alignment=$OUT/align/eval_test.json" \
     "+ GRPO, no mask reward=$OUT/grpo_box/eval_test.json" \

@@ -1,23 +1,25 @@
 """Build the untrained demo LENS that every demo stage starts from (``model.init=DIR``).
 
-    python -m training.demo.init_model --data DIR --out DIR [--hidden 128 --layers 4 ...]
+    python -m recipes.demo.init_model --data DIR --out DIR [--hidden 128 --layers 4 ...]
 
 * Reasoner: the Qwen2.5-VL architecture from a config (no pretrained weights), with a byte-level BPE
   tokenizer trained on the synthetic training split (expressions, reasoning, answers in both
   templates, the prompts) plus Qwen's special tokens, and a small vision tower.
 * SAM 2: the tiny Hiera/SAM 2 of ``tiny-random`` at ``--sam-image-size``, without the dynamic
-  multimask fallback (only the single-mask output is trained, by ``training.demo.sam_pretrain``);
+  multimask fallback (only the single-mask output is trained, by ``recipes.demo.sam_pretrain``);
   its weights come from their own seed, ``--sam-seed``.
 * Context module: ``--num-queries`` queries, every one a SAM 2 prompt token (``prompt_collapse``
   "none"); ``query_positions`` "mrope", so inference reuses the generation's KV cache.
-* ``template`` "reasoning" with the paper's prompt, or the user turn ``--instruction`` (such as
-  ``'Find "{query}".'``: a model trained from scratch learns the answer format from SFT, and the
-  paper's 80-token description is a quarter of every training sequence; docs/demo_model.md, ninth
-  round), and the reasoner sees images at exactly ``--image-size`` pixels (a multiple of 28), so its
+* ``template`` "reasoning" with the short user turn ``--instruction`` (default ``'Find "{query}".'``:
+  a model trained from scratch learns the answer format from SFT, and the paper's 80-token
+  description would be a quarter of every training sequence; ``--instruction ''`` keeps the paper's
+  prompt), and the reasoner sees images at exactly ``--image-size`` pixels (a multiple of 28), so its
   frame and the synthetic images' pixel frame coincide.
-* Two departures from Qwen's defaults for a from-scratch model on these scenes: text RoPE base
-  ``--rope-theta`` 10 (see ``DemoArchitecture``) and pixel normalisation centred on the backgrounds;
-  ``--lm-init-std`` sets the language model's initial weight scale (Qwen's 0.02 by default).
+* Two departures from Qwen's defaults for a from-scratch model on these scenes: pixel
+  normalisation centred on the backgrounds, and ``--lm-init-std`` 0.088 (= 128 ** -0.5) as the
+  language model's initial weight scale instead of Qwen's 0.02.
+
+The defaults build the untrained model of the shipped ``lens-synth-demo`` (``pipeline.sh``).
 """
 from __future__ import annotations
 
@@ -29,18 +31,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+from transformers import Qwen2VLImageProcessorPil
 
 from lens_model import sam_head, tiny
 from lens_model.answer_format import format_answer
 from lens_model.builtin import DEMO_MODEL
 from lens_model.config import ConnectorConfig, GenerationConfig, LensConfig
-from lens_model.hub import save_model
-from lens_model.modeling import LensModel
+from lens_model.checkpoints import save_model
+from lens_model.modeling import LensModel, build_lens
 from lens_model.processor import ReasonerProcessor
 from lens_model.prompts import TEMPLATES
 from training.data.dataset import TargetDataset
 from training.data.registry import load_dataset
+
+SHIPPED_INSTRUCTION = 'Find "{query}".'
+SHIPPED_SAM_SEED = 2
+
 
 @dataclass(frozen=True)
 class DemoArchitecture:
@@ -60,20 +66,19 @@ class DemoArchitecture:
     connector_depth: int = 2
     vocab_size: int = 1024
     max_new_tokens: int = 224
-    # M-RoPE gives the height and width axes the lowest rotary frequencies; with Qwen's base 1e6 and
-    # a head width of 32 the width axis turns by < 0.0002 rad per image token (height < 0.04), so
-    # the 4x4 token grid would be nearly position-less to the language model. Base 10: >= 0.1 rad.
-    rope_theta: float = 10.0
+    # Qwen's text RoPE base. Image tokens carry their position in their content (the pretrained
+    # tower's dense targets), so the base mattered little for grounding; base 10 scrambled long-range
+    # content attention (RESEARCH_LOG.md).
+    rope_theta: float = 1e6
     # Pixel normalisation of the reasoner's image processor (every channel), centred on the synthetic
     # scenes' light backgrounds (0.81 ± 0.07) so that background patches embed near zero and the
     # shapes carry the patch embeddings (CLIP's statistics map the background to about +1.1).
     pixel_mean: float = 0.8
     pixel_std: float = 0.25
-    # Standard deviation of the language model's initial weights (embeddings included). Qwen's 0.02
-    # suits its widths (0.02 ~ 2048 ** -0.5); at width 128 it is 4.4x below 128 ** -0.5 = 0.088,
-    # with which binding a query to one of several candidates starts about twice as early
-    # (docs/demo_model.md, fourth round).
-    lm_init_std: float = 0.02
+    # Standard deviation of the language model's initial weights (embeddings included): 128 ** -0.5.
+    # Qwen's 0.02 suits its widths (0.02 ~ 2048 ** -0.5); at width 128 binding a query to one of
+    # several candidates started about twice as early with 0.088 (RESEARCH_LOG.md).
+    lm_init_std: float = 0.088
 
     def __post_init__(self) -> None:
         merged_patch = self.patch_size * self.merge_size
@@ -144,8 +149,7 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
         num_heads=arch.vision_heads, window_size=arch.image_size, fullatt_block_indexes=[arch.vision_depth - 1],
         patch_size=arch.patch_size, spatial_merge_size=arch.merge_size,
     ))
-    reasoner = Qwen2_5_VLForConditionalGeneration(reasoner_config)
-    config.reasoner_config = reasoner.config.to_dict()
+    config.reasoner_config = reasoner_config.to_dict()
     config.sam2_model_config = sam_head.resolve_sam2_config(config.sam2_config, config.sam2_overrides)
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=arch.patch_size, temporal_patch_size=2,
@@ -154,11 +158,8 @@ def build_demo_model(dataset: TargetDataset, arch: DemoArchitecture, seed: int =
     processor = ReasonerProcessor(tokenizer, image_processor, tiny.CHAT_TEMPLATE)
     # SAM 2 gets its own random stream: drawn after the reasoner, its weights would change with the
     # tokenizer's size and the reasoner's shape, and whether box pretraining leaves its "every
-    # object" plateau depends on SAM 2's initial weights (docs/demo_model.md, eighth round).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sam_seed)
-        sam = sam_head.build_sam2(config.sam2_model_config)
-    return LensModel(config, reasoner, processor, sam)
+    # object" plateau depends on SAM 2's initial weights.
+    return build_lens(config, processor, sam_seed=sam_seed)
 
 
 def parameter_counts(model: LensModel) -> dict[str, int]:
@@ -171,14 +172,17 @@ def parameter_counts(model: LensModel) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.demo.init_model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.init_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="root of `python -m training.synthetic --out` (train split used)")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--out", required=True, help="folder for the untrained model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reasoner's and context module's weights")
-    parser.add_argument("--sam-seed", type=int, default=0, help="seed of SAM 2's weights")
-    parser.add_argument("--instruction", default="",
-                        help="user turn, a format pattern with {query}; default: the paper's reasoning prompt")
+    parser.add_argument("--sam-seed", type=int, default=SHIPPED_SAM_SEED,
+                        help=f"seed of SAM 2's weights (default {SHIPPED_SAM_SEED}: its box pretraining leaves the "
+                             "'every object' plateau; another seed may not, and sam_pretrain then stops the pipeline)")
+    parser.add_argument("--instruction", default=SHIPPED_INSTRUCTION,
+                        help=f"user turn, a format pattern with {{query}} (default {SHIPPED_INSTRUCTION!r}); "
+                             "'' for the paper's reasoning prompt")
     for name, value in asdict(DemoArchitecture()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser

@@ -1,7 +1,7 @@
 """SFT for the demo recipe: ``training.sft`` plus the attention-grounding term its from-scratch
-reasoner needs (``training.grounding_attention``).
+reasoner needs (``recipes.demo.grounding_attention``).
 
-    python -m training.demo.sft --config training/configs/demo_sft.yaml [key=value ...]
+    python -m recipes.demo.sft --config recipes/demo/configs/sft.yaml [key=value ...]
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 
 from training.common.config import parse_cli
-from training.grounding_attention import AttentionGrounding, GroundingAttentionSection
+from recipes.demo.grounding_attention import AttentionGrounding, GroundingAttentionSection
 from training.sft import SFTConfig, train
 
 

@@ -1,6 +1,6 @@
 """Put one LENS model's SAM 2 weights into another: joins the two demo branches trained in parallel.
 
-    python -m training.demo.graft_sam --model SFT_DIR --sam SAM_DIR --out DIR
+    python -m recipes.demo.graft_sam --model SFT_DIR --sam SAM_DIR --out DIR
 
 SAM 2 box pretraining (``sam.*`` only) and SFT (``reasoner.*`` only) start from the same untrained
 model and touch disjoint weights, so the demo pipeline runs them side by side on two cores; this
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lens_model.config import LensConfig
-from lens_model.hub import load_model, save_model
+from lens_model.checkpoints import load_model, save_model
 from lens_model.weights import iter_tensors
 
 
@@ -36,7 +36,7 @@ def graft_sam(model_dir: Path, sam_dir: Path, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.demo.graft_sam", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.graft_sam", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="LENS model whose every other weight is kept")
     parser.add_argument("--sam", type=Path, required=True, help="LENS model whose sam.* weights are taken")
     parser.add_argument("--out", type=Path, required=True)

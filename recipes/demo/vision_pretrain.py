@@ -1,6 +1,6 @@
 """Dense object pretraining of the reasoner's vision tower: the offline stand-in for Qwen2.5-VL's pretrained ViT.
 
-    python -m training.demo.vision_pretrain --config training/configs/demo_vision.yaml [key=value ...]
+    python -m recipes.demo.vision_pretrain --config recipes/demo/configs/vision.yaml [key=value ...]
 
 A from-scratch reasoner does not learn to localise from SFT alone (docs/demo_model.md): Qwen2.5-VL's
 vision tower has no absolute position embedding and M-RoPE gives the language model relative
@@ -38,8 +38,11 @@ from training.common.config import parse_cli
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
-from training.loop import VISION_TOWER, run_supervised, trainable_parameters
-from training.stage import BatchEncoder, StageConfig, build_seeded_model
+from training.batches import BatchEncoder
+from training.common.engine import Engine
+from training.loop import VISION_TOWER, train_stage, trainable_parameters
+from training.stage_config import StageConfig
+from training.starting_model import build_seeded_model
 
 PROBE = "dense_probe"
 
@@ -169,9 +172,9 @@ def dense_losses(model: LensModel, images: list[list[Sample]], cfg: VisionPretra
     return loss, metrics
 
 
-def dense_step(model: LensModel, encoder: BatchEncoder, images: list[list[Sample]], cfg: VisionPretrainConfig):
-    del encoder  # the tower is run directly, one image at a time
-    return dense_losses(model, images, cfg)
+def dense_loss(engine: Engine, encoder: BatchEncoder, images: list[list[Sample]], cfg: VisionPretrainConfig):
+    del engine  # the tower and its probe are run directly, one image at a time (not under ZeRO-3)
+    return dense_losses(encoder.model, images, cfg)
 
 
 @torch.no_grad()
@@ -193,7 +196,7 @@ def train(cfg: VisionPretrainConfig) -> None:
     model = build_seeded_model(cfg)
     attach_probe(model, cfg.shape_cells, cfg.categories)
     params = trainable_parameters(model, list(cfg.trainable))
-    run_supervised(cfg, "vision_pretrain", model, params, partial(dense_step, cfg=cfg), evaluate=dense_eval,
+    train_stage(cfg, "vision_pretrain", model, params, partial(dense_loss, cfg=cfg), evaluate=dense_eval,
                    before_export=detach_probe,
                    dataset=ImageTargets(load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, per="ref")))
 

@@ -1,6 +1,6 @@
 """Does a reasoner's box come from the image? The grounding diagnostic of docs/demo_model.md.
 
-    python -m training.demo.grounding_gap --model DIR --data DIR [--split val --limit 32 --generate 24]
+    python -m recipes.demo.grounding_gap --model DIR --data DIR [--split val --limit 32 --generate 24]
 
 Two numbers on the first ``--limit`` expressions of a split, with the teacher answers of the
 model's template:
@@ -21,6 +21,7 @@ model's template:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -30,13 +31,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lens_model.hub import load_model
+from lens_model.checkpoints import load_model
 from lens_model.modeling import LensModel
+from lens_model.predictor import LensPredictor
+from training.batches import BatchEncoder
 from training.data.registry import load_dataset
-from training.data.synthetic_expressions import ListedShape, parse_scene_listing
 from training.data.sample import Sample
-from training.metrics import box_iou
-from training.stage import BatchEncoder
+from training.data.synthetic_expressions import ListedShape, parse_scene_listing
+from training.iou import box_iou
 
 NUMBER = re.compile(r"\s*\d+")
 
@@ -46,13 +48,12 @@ def coordinate_nll(model: LensModel, samples: list[Sample], template: str, shift
     """Mean NLL of the number tokens of the teacher answers, sample i seeing the vision features of
     sample (i + shift) mod n."""
     batch = BatchEncoder(model, 0, vision_frozen=False, sam_encoder_frozen=True).encode(samples, template, with_sam_features=False)
-    ids, mask = model.encode_completions(batch.teacher_answers(template))
-    vision = batch.vision[shift:] + batch.vision[:shift]
-    logprobs, _ = model.sequence_forward(batch.prompts, batch.grid_thw, vision, ids, mask,
-                                         with_logprobs=True, with_query_states=False)
+    answers = model.encode_completions(batch.teacher_answers(template))
+    vision = batch.inputs.vision[shift:] + batch.inputs.vision[:shift]
+    logprobs = model(dataclasses.replace(batch.inputs, vision=vision), answers, return_logprobs=True).logprobs
     tokenizer = model.processor.tokenizer
-    values = [-float(logprobs[row, t]) for row in range(len(samples)) for t in range(int(mask[row].sum()))
-              if NUMBER.fullmatch(tokenizer.decode([int(ids[row, t])]))]
+    values = [-float(logprobs[row, t]) for row in range(len(samples)) for t in range(int(answers.attention[row].sum()))
+              if NUMBER.fullmatch(tokenizer.decode([int(answers.ids[row, t])]))]
     if not values:
         raise ValueError("the teacher answers hold no number tokens")
     return float(np.mean(values))
@@ -80,8 +81,9 @@ def listing_scores(pairs: Sequence[tuple[list[ListedShape], list[ListedShape]]],
 def greedy_scores(model: LensModel, samples: list[Sample], radius: float) -> dict[str, float]:
     """Box accuracy and mean IoU of greedy answers; the listing scores where the teacher lists the scene."""
     ious, pairs = [], []
+    predictor = LensPredictor(model)
     for sample in samples:
-        result = model.predict(sample.image, sample.text)
+        result = predictor.predict(sample.image, sample.text)
         ious.append(box_iou(result.box, sample.box))
         truth = parse_scene_listing(sample.reasoning or "")
         if truth:
@@ -104,7 +106,7 @@ def grounding_gap(model: LensModel, samples: list[Sample], generate: int, radius
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.demo.grounding_gap", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.grounding_gap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="LENS model: built-in name, folder or a stage's output_dir")
     parser.add_argument("--data", required=True, help="dataset root")
     parser.add_argument("--dataset", default="synthetic")
