@@ -28,6 +28,7 @@ def test_alignment_lowers_the_loss_and_raises_iou(data_root, tmp_path):
     assert mean("loss") < 0.9 * first["loss"]
     assert mean("loss_bce") < 0.75 * first["loss_bce"]
     assert mean("train_iou") > first["train_iou"] + 0.05
+    assert all(r["grad_norm"] > 0 for r in records)  # logged at every optimizer step
     info = json.loads((tmp_path / "out" / "training_info.json").read_text())
     assert info["stage"] == "align" and info["steps"] == 30
 
@@ -73,3 +74,15 @@ def test_alignment_under_deepspeed(data_root, tmp_path, zero_stage):
     from lens_model.checkpoints import load_model
 
     load_model(str(tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("broken", ["instances", "init"])
+def test_an_unusable_dataset_or_model_is_one_error_line(tmp_path, capsys, broken):
+    root = tmp_path / "data"
+    (root / "synthetic").mkdir(parents=True)
+    (root / "synthetic" / "instances.json").write_text("{not json" if broken == "instances" else "{}")
+    init = str(tmp_path / "no-such-model") if broken == "init" else "tiny-random"
+    code = align.main(["--config", CONFIG, f"data.root={root}", f"output_dir={tmp_path / 'out'}", "max_steps=1",
+                       f"model.init={init}", *QUIET])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("align: error: "), err

@@ -14,7 +14,7 @@ from training.data import Sample, load_dataset
 from training.data.export import write_groundingsuite, write_jsonl, write_reasonseg
 from training.data.jsonl import JsonlDataset
 from training.data.masks import mask_to_rle
-from training.metrics import mask_iou
+from training.iou import mask_intersection_union
 from training.synthetic import generate_dataset
 
 HEIGHT, WIDTH = 30, 40
@@ -151,7 +151,7 @@ def test_groundingsuite_and_reasonseg_exports_load_back(synthetic_samples: list[
     assert sorted(s.text for s in loaded) == sorted(s.text for s in synthetic_samples)
     by_text = {s.text + s.ref_id: s for s in synthetic_samples}
     for copy in loaded:
-        intersection, union = mask_iou(copy.mask, by_text[copy.text + copy.ref_id].mask)
+        intersection, union = mask_intersection_union(copy.mask, by_text[copy.text + copy.ref_id].mask)
         assert intersection / union > 0.99  # outer contours re-filled by the LISA rasteriser
 
 

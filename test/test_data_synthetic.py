@@ -181,7 +181,7 @@ def test_expression_types_can_be_restricted(tmp_path: Path) -> None:
 
 
 def test_object_count_range(tmp_path: Path) -> None:
-    """One-object scenes (the grounding diagnostic in docs/demo_model.md) and other ranges."""
+    """One-object scenes (the grounding diagnostic of recipes/demo/RESEARCH_LOG.md) and other ranges."""
     generate_dataset(tmp_path / "one", num_images=5, seed=4, size=96, objects=(1, 1))
     instances = json.loads((tmp_path / "one" / "synthetic" / "instances.json").read_text())
     per_image = Counter(a["image_id"] for a in instances["annotations"])

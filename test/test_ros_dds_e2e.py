@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from ros_fixtures import loopback_dds, pattern_image, unique_domain_id, wait_until
+from ros_fixtures import FakeSegmenter, loopback_dds, pattern_image, unique_domain_id, wait_until
 
 pytest.importorskip("lens_model.hub")
 
@@ -22,10 +23,12 @@ from cyclonedds._clayer import ddspy_write  # noqa: E402 - raw CDR, to send a no
 from lens_ros.core import messages  # noqa: E402
 from lens_ros.core.frames import Stamp  # noqa: E402
 from lens_ros.core.params import LensParams  # noqa: E402
+from lens_ros.core.service import RESULT_FLUSH_S, SHUTDOWN_GRACE_S  # noqa: E402
 from lens_ros.dds_client import LensDdsClient  # noqa: E402
 from lens_ros.dds_client import main as dds_client_main  # noqa: E402
 from image_fixtures import png_claiming  # noqa: E402
 from lens_ros.msgs import idl  # noqa: E402
+from lens_ros.transports.dds import DdsNode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = idl.dds_kit()
@@ -227,3 +230,31 @@ def test_dds_client_refuses_an_unusable_image_in_one_line(tmp_path, capsys):
         assert dds_client_main(["--image", str(image), "--query", "the red circle", "--timeout", "1"]) == 2
         lines = capsys.readouterr().err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("lens-dds-client: error: "), lines
+
+
+def test_a_query_running_at_shutdown_gets_its_result_within_the_grace_time(dds_domain):
+    """Stopping the DDS transport waits SHUTDOWN_GRACE_S for a running query, not 30 s, and the
+    query's error result still reaches the client."""
+    gate = threading.Event()
+    segmenter = FakeSegmenter(gate=gate)
+    params = LensParams.from_ros({"frames.max_age_s": 0.0, "diagnostics.period_s": 60.0})
+    dds_node = DdsNode(params, node_name="lens_shutdown", domain_id=dds_domain, load=lambda *_: segmenter)
+    stop = threading.Event()
+    thread = threading.Thread(target=dds_node.run, args=(stop,), daemon=True)
+    thread.start()
+    client = Peer(params, domain_id=dds_domain)
+    try:
+        assert wait_until(client.node_is_listening, STARTUP_TIMEOUT_S, 0.1)
+        client.send_image(pattern_image())
+        client.query_writer.write(idl.String(data="the slow one"))
+        assert segmenter.started.wait(RESULT_TIMEOUT_S)
+        started = time.monotonic()
+        stop.set()
+        thread.join(SHUTDOWN_GRACE_S + RESULT_FLUSH_S + 5.0)
+        assert not thread.is_alive() and time.monotonic() - started < SHUTDOWN_GRACE_S + RESULT_FLUSH_S + 1.0
+        assert wait_until(lambda: client.results(), 5.0, 0.05)
+        (result,) = client.results()
+        assert result["status"] == "error" and "while this query ran" in result["error"]
+    finally:
+        gate.set()
+        client.close()

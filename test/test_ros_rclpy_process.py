@@ -15,7 +15,8 @@ from ros_fixtures import pattern_image
 from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
 from lens_ros.core.image_codec import encode_image
-from lens_ros.transports.rclpy_node import RESULT_FLUSH_S, SHUTDOWN_GRACE_S, qos_profile
+from lens_ros.core.service import RESULT_FLUSH_S, SHUTDOWN_GRACE_S
+from lens_ros.transports.rclpy_node import qos_profile
 
 FAKE = ["--ros-args", "-p", "model.name:=fake", "-p", "frames.max_age_s:=0.0", "-p", "diagnostics.period_s:=0.3"]
 
@@ -121,6 +122,9 @@ def test_without_vision_msgs_the_node_warns_once_and_serves_everything_else(run_
 def camera_frames(peer: Peer, reliability: str, count: int, height: int, width: int) -> None:
     """Publish ``count`` frames at 5 Hz, as a camera driver of that reliability would."""
     camera = peer.node.create_publisher(peer.kit.Image, "/camera/image_raw", qos_profile(reliability, 10))
+    if reliability == "reliable":  # (a best-effort writer never matches the node's reliable reader)
+        # A volatile writer does not resend what it published before the node's reader matched it.
+        assert peer.spin_until(lambda: camera.get_subscription_count() > 0, 10), "the node never subscribed"
     pixels = pattern_image(height, width)
     for _ in range(count):
         camera.publish(messages.image(peer.kit, messages.header(peer.kit, Stamp.from_seconds(time.time()), "cam"),

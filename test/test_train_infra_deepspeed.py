@@ -31,8 +31,8 @@ def batches(count: int, size: int = 4, seed: int = 1) -> list[tuple[torch.Tensor
 
 
 def inputs_dtype(engine) -> torch.dtype:
-    """DeepSpeed with bf16 keeps bf16 weights, so the toy's inputs must be bf16 too."""
-    return torch.bfloat16 if engine.cfg.bf16 else torch.float32
+    """The toy model's weights' dtype: DeepSpeed with bf16 keeps bf16 weights (the torch backend autocasts)."""
+    return next(engine.module.parameters()).dtype
 
 
 def train(engine, data) -> list[float]:

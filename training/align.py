@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from training.batches import BatchEncoder
-from training.common.config import parse_cli
+from training.common.config import parse_cli, stage_main
 from training.common.engine import Engine
 from training.loop import meets_minimum, train_stage, trainable_parameters
 from training.losses import MaskLossWeights, segmentation_loss
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
               f"unusable masks. The model is exported to {cfg.output_dir} all the same. Whether alignment leaves "
               f"the plateau depends on its random stream and on how well SAM 2 follows box prompts: train again "
               f"with another `seed=`, or give it a SAM 2 that segments what a box prompt points at.")
-    return 0 if meets_minimum("align", train(cfg), "eval_gIoU", cfg.min_eval_giou, advice) else 1
+    return stage_main("align", lambda: 0 if meets_minimum("align", train(cfg), "eval_gIoU", cfg.min_eval_giou, advice)
+                      else 1)
 
 
 if __name__ == "__main__":

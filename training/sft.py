@@ -27,7 +27,7 @@ import torch
 
 from lens_model.modeling import LensModel
 from training.batches import BatchEncoder, ReasonerBatch
-from training.common.config import parse_cli
+from training.common.config import parse_cli, stage_main
 from training.common.engine import Engine
 from training.lora import LoraSection, merge_lora, stage_trainable
 from training.loop import VISION_TOWER, train_stage
@@ -91,8 +91,12 @@ def train(cfg: SFTConfig, aux: AuxiliaryLoss | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, SFTConfig, description="LENS warm start: supervised fine-tuning of the answer format")
-    train(cfg)
-    return 0
+
+    def run() -> int:
+        train(cfg)
+        return 0
+
+    return stage_main("sft", run)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[str, str, str], Segmenter]
 NOT_ACTIVE = "node is not active (no model loaded)"
+# At shutdown: how long a running query may finish before it gets its error result, and how long the
+# result topic may then wait for subscribers' acknowledgements (both transports).
+SHUTDOWN_GRACE_S = 2.0
+RESULT_FLUSH_S = 0.5
 ECHOED_QUERY_CHARS = 200  # a rejected query is echoed in its error result up to this length
 
 

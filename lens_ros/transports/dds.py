@@ -28,7 +28,7 @@ from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError
 from lens_ros.core.publishing import Output, history_depth, message_class_name, output_topics
 from lens_ros.core.segmenter import load_segmenter
-from lens_ros.core.service import LensService, Loader
+from lens_ros.core.service import RESULT_FLUSH_S, SHUTDOWN_GRACE_S, LensService, Loader
 from lens_ros.msgs import idl
 
 log = logging.getLogger(__name__)
@@ -181,4 +181,5 @@ class DdsNode:
                     self.service.publish_diagnostics()
                     next_diagnostics = time.monotonic() + self.params.diagnostics_period_s
         finally:
-            self.service.deactivate()
+            if self.service.deactivate(SHUTDOWN_GRACE_S, free_memory=False):  # the process ends next
+                self._writers[Output.RESULT].wait_for_acks(duration(seconds=RESULT_FLUSH_S))

@@ -34,7 +34,7 @@ from lens_ros.core.params import LensParams, ParameterError, parameter_specs
 from lens_ros.core.publishing import Output, history_depth, message_class_name, output_topics
 from lens_ros.core.queries import QueryIds
 from lens_ros.core.segmenter import load_segmenter
-from lens_ros.core.service import LensService, Loader
+from lens_ros.core.service import RESULT_FLUSH_S, SHUTDOWN_GRACE_S, LensService, Loader
 from lens_ros.core.stats import lifecycle_report
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 OPTIONAL_PACKAGES = frozenset({"vision_msgs"})
 # How long shutdown (SIGINT, SIGTERM, the lifecycle shutdown transition) waits for a running inference
 # before answering its query with an error; with SPIN_PERIOD_S and the result flush it bounds stopping.
-SHUTDOWN_GRACE_S = 2.0
-RESULT_FLUSH_S = 0.5  # at shutdown, how long the result publisher may wait for subscribers' acknowledgements
 SPIN_PERIOD_S = 0.1  # how often the spin loop looks for a stop signal
 
 

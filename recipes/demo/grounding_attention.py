@@ -10,7 +10,7 @@ mask``): the cross-entropy between that target distribution over the merged imag
 head's attention weights. With ``reasoning_points`` the numbers of every point "(x, y)" written in
 the reasoning (the synthetic reasoning names each candidate's centre so) are grounded the same way,
 on the token holding that point; points and boxes are in the reasoner's resized frame, as the answer
-box is. Docs: docs/training.md and, for what it measured, docs/demo_model.md.
+box is. Docs: docs/demo_model.md and, for what it measured, recipes/demo/RESEARCH_LOG.md.
 
 The grounded head's probabilities are recomputed from its layer's inputs (``recorded_attention``), so
 the reasoner keeps its fast attention implementation; meant for small reasoners (the probabilities

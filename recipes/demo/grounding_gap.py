@@ -1,4 +1,4 @@
-"""Does a reasoner's box come from the image? The grounding diagnostic of docs/demo_model.md.
+"""Does a reasoner's box come from the image? The grounding diagnostic of recipes/demo/RESEARCH_LOG.md.
 
     python -m recipes.demo.grounding_gap --model DIR --data DIR [--split val --limit 32 --generate 24]
 

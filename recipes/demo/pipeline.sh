@@ -4,7 +4,8 @@
 #   bash recipes/demo/pipeline.sh                 # from the repository root; data/demo, outputs/demo
 #   DATA=/tmp/d OUT=/tmp/o bash recipes/demo/pipeline.sh
 #   INSTALL=1 bash recipes/demo/pipeline.sh       # also copy the final model to lens_model/assets/
-#   EXTRA="max_steps=2 data.eval_limit=2" SAM_EXTRA=min_eval_giou=0 ALIGN_EXTRA=min_eval_giou=0 EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...   # smoke test
+#   python -m training.synthetic --out small --images 40 --size 112 --objects 1 6    # then a smoke test:
+#   EXTRA="max_steps=2 data.eval_limit=2" SAM_EXTRA=min_eval_giou=0 ALIGN_EXTRA=min_eval_giou=0 EVAL_LIMIT=4 DOC= DATA=small OUT=/tmp/o bash ...
 #
 # Synthetic data -> untrained model -> [vision tower pretraining | SAM 2 box pretraining] -> SFT
 # (data-parallel on both cores) -> graft -> [alignment | evaluation of SFT] -> [GRPO without | with
@@ -81,7 +82,7 @@ $PY -m recipes.demo.ablation_table \
     ${DOC:+--doc "$DOC"} | tee "$OUT/ablation.md"
 
 if [ "${INSTALL:-0}" = 1 ]; then
-    $PY -c "from lens_model.hub import load_model; load_model('$OUT/grpo_mask').save_pretrained('lens_model/assets/lens-synth-demo')"
+    $PY -c "from lens_model import load_model, save_model; save_model(load_model('$OUT/grpo_mask'), 'lens_model/assets/lens-synth-demo')"
     stamp "installed lens_model/assets/lens-synth-demo"
 fi
 stamp "done"

@@ -28,7 +28,7 @@ import torch
 from lens_model import sam_head
 from lens_model.modeling import LensModel
 from training.common import distributed
-from training.common.config import parse_cli
+from training.common.config import parse_cli, stage_main
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
               f"The model is exported to {cfg.output_dir} all the same. Whether the decoder leaves the plateau "
               f"depends on SAM 2's initial weights: build the untrained model with another `python -m "
               f"recipes.demo.init_model --sam-seed` and train again.")
-    return 0 if meets_minimum("sam_pretrain", train(cfg), "eval_box_prompt_gIoU", cfg.min_eval_giou, advice) else 1
+    return stage_main("sam_pretrain", lambda: 0 if meets_minimum(
+        "sam_pretrain", train(cfg), "eval_box_prompt_gIoU", cfg.min_eval_giou, advice) else 1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from training.common.config import parse_cli
+from training.common.config import parse_cli, stage_main
 from recipes.demo.grounding_attention import AttentionGrounding, GroundingAttentionSection
 from training.sft import SFTConfig, train
 
@@ -21,8 +21,12 @@ class DemoSFTConfig(SFTConfig):
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, DemoSFTConfig, description="Demo recipe SFT: the answer format, with attention grounding")
     grounding = cfg.grounding_attention
-    train(cfg, aux=AttentionGrounding(grounding) if grounding.weight > 0 else None)
-    return 0
+
+    def run() -> int:
+        train(cfg, aux=AttentionGrounding(grounding) if grounding.weight > 0 else None)
+        return 0
+
+    return stage_main("sft", run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m recipes.demo.vision_pretrain --config recipes/demo/configs/vision.yaml [key=value ...]
 
-A from-scratch reasoner does not learn to localise from SFT alone (docs/demo_model.md): Qwen2.5-VL's
+A from-scratch reasoner does not learn to localise from SFT alone (recipes/demo/RESEARCH_LOG.md): Qwen2.5-VL's
 vision tower has no absolute position embedding and M-RoPE gives the language model relative
 positions only, so an image token must itself say where its object is, which a pretrained tower
 does and a random one does not. Here every merged image token (one per ``patch x merge`` pixel cell)
@@ -10,7 +10,7 @@ learns, through a linear probe shared by all tokens, to describe the target whos
 its cell: objectness, the box in the image frame (absolute, in [0, 1]), the object's mean colour, its
 silhouette (the mask inside the box at ``shape_cells`` x ``shape_cells``) and, with ``categories`` > 0,
 its category (the dataset's ``category_id``, cross-entropy over ``categories`` ids: the silhouette alone
-leaves the kind of object unlearned, docs/demo_model.md). Tokens of cells without a
+leaves the kind of object unlearned, recipes/demo/RESEARCH_LOG.md). Tokens of cells without a
 target learn a box and a colour of zeros, so that an average over image tokens (a language model's
 attention before it has learned where to look) carries the objects' boxes rather than noise; with
 several targets in a cell, the largest wins. Everything but the category comes from the generic
@@ -34,7 +34,7 @@ from torch import nn
 
 from lens_model.modeling import LensModel
 from lens_model.processor import token_at
-from training.common.config import parse_cli
+from training.common.config import parse_cli, stage_main
 from training.data.image_targets import ImageTargets
 from training.data.registry import load_dataset
 from training.data.sample import Sample
@@ -204,8 +204,12 @@ def train(cfg: VisionPretrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, VisionPretrainConfig,
                     description="Dense object pretraining of the reasoner's vision tower (demo stand-in for a pretrained ViT)")
-    train(cfg)
-    return 0
+
+    def run() -> int:
+        train(cfg)
+        return 0
+
+    return stage_main("vision_pretrain", run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Precedence, lowest first: schema defaults, the YAML file, CLI overrides. The res
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,19 @@ def parse_cli(argv: Sequence[str] | None, schema_cls: type, description: str) ->
         return load_config(schema_cls, args.config, args.overrides)
     except ConfigError as err:
         parser.error(str(err))
+
+
+def stage_main(stage: str, run: Callable[[], int]) -> int:
+    """Run a stage's command: what a user can fix (an unusable model folder, dataset file, checkpoint
+    or value) is one line on stderr and exit code 2, not a traceback."""
+    from lens_model.errors import LensError
+    from training.common.checkpoint import NoIntactCheckpoint
+
+    try:
+        return run()
+    except (LensError, OSError, ValueError, NoIntactCheckpoint) as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:

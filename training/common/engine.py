@@ -1,7 +1,6 @@
 """One training-engine interface over two backends, so stage loops are written once.
 
-    engine = build_engine(model, [*model.queries.parameters(), *model.connector.parameters()],
-                          cfg.engine, total_steps=cfg.max_steps)
+    engine = build_engine(model, model.context.parameters(), cfg.engine, total_steps=cfg.max_steps)
     for batch in loader:
         with engine.autocast():
             loss = compute_loss(engine, batch)

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import sys
 
-from training.common.config import parse_cli
+from training.common.config import parse_cli, stage_main
 from training.grpo.config import GRPOConfig
 from training.grpo.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(argv, GRPOConfig, description="LENS stage 2: GRPO with format, box-IoU and mask-IoU rewards")
-    train(cfg)
-    return 0
+
+    def run() -> int:
+        train(cfg)
+        return 0
+
+    return stage_main("grpo", run)
 
 
 if __name__ == "__main__":
