@@ -14,14 +14,15 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from ros_fixtures import environment
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_MAIN = Path(__file__).resolve().parent / "rclpy_node_main.py"
@@ -61,19 +62,9 @@ TRANSITIONS = {"configure": Transition.TRANSITION_CONFIGURE, "cleanup": Transiti
 OUTPUTS = ("result", "mask", "detections", "reasoning")
 
 
-@contextmanager
-def ros_environment() -> Iterator[None]:
+def ros_environment() -> AbstractContextManager[None]:
     """This process and the node processes it starts talk on DOMAIN_ID, on this host only."""
-    previous = {key: os.environ.get(key) for key in ROS_ENV}
-    os.environ.update(ROS_ENV)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return environment(ROS_ENV)
 
 
 class Peer:

@@ -138,19 +138,25 @@ def unique_domain_id(offset: int = 0) -> int:
 
 
 @contextlib.contextmanager
-def loopback_dds(domain_id: int) -> Iterator[int]:
-    """CYCLONEDDS_URI on loopback and ROS_DOMAIN_ID set for the duration, then restored."""
-    previous = {key: os.environ.get(key) for key in ("CYCLONEDDS_URI", "ROS_DOMAIN_ID")}
-    os.environ["CYCLONEDDS_URI"] = LOOPBACK_CYCLONEDDS_URI
-    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the duration, then restored (or removed again)."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        yield domain_id
+        yield
     finally:
         for key, value in previous.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def loopback_dds(domain_id: int) -> Iterator[int]:
+    """CYCLONEDDS_URI on loopback and ROS_DOMAIN_ID set for the duration, then restored."""
+    with environment({"CYCLONEDDS_URI": LOOPBACK_CYCLONEDDS_URI, "ROS_DOMAIN_ID": str(domain_id)}):
+        yield domain_id
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
