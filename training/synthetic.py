@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.data.masks import mask_to_box
+from lens_model.result import mask_to_box
 from training.data.synthetic_expressions import EXPRESSION_TYPES, Expression, choose_expressions, explain
 from training.data.synthetic_scenes import DEFAULT_OBJECTS, SHAPES, Scene, SceneObject, sample_scene
 
