@@ -9,6 +9,7 @@ model's.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from lens_model.modeling import Completions, LensModel
 from lens_model.prompts import clean_query
 from lens_model.result import SegmentationResult
 from lens_model.timing import StageTimer
+from lens_model.tracker import LensTracker, TrackerConfig
 
 
 class LensPredictor:
@@ -74,6 +76,11 @@ class LensPredictor:
         for result in results:
             result.timings_ms = timer.with_total()
         return results
+
+    def tracker(self, config: TrackerConfig | None = None, memory_weights: str | Path | None = None) -> LensTracker:
+        """A tracker on this predictor's model (``lens_model.tracker``): a query's mask seeds it, and
+        every later frame gets a mask from SAM 2 alone."""
+        return LensTracker(self.model, config, memory_weights)
 
     def describe(self) -> dict[str, object]:
         config = self.model.config
