@@ -191,6 +191,7 @@ class FrameFeatures:
 class Propagated:
     low_res_logits: torch.Tensor  # (S/4, S/4) fp32 mask logits in SAM 2's square input frame
     score: float  # SAM 2's predicted IoU of the chosen mask
+    object_score: torch.Tensor  # SAM 2's logit that the object is visible (a mask is empty where it is <= 0)
 
 
 class VideoTrack:
@@ -212,20 +213,21 @@ class VideoTrack:
         size = self.video.image_size
         resized = F.interpolate(mask[None, None].float(), size=(size, size), mode="bilinear",
                                 align_corners=False, antialias=True) >= 0.5
-        output, _ = self._track_step(0, frame, resized.to(frame.features[-1].dtype))
+        output, _, _ = self._track_step(0, frame, resized.to(frame.features[-1].dtype))
         self.bank.add(0, output, seed=True)
         self.frame = 0
 
     def propagate(self, frame: FrameFeatures) -> Propagated:
         """The next frame's mask from the memory of the previous ones (no prompt)."""
         index = self.frame + 1
-        output, ious = self._track_step(index, frame, None)
+        output, ious, object_score = self._track_step(index, frame, None)
         self.bank.add(index, output, seed=False)
         self.frame = index
         # With several candidate masks SAM 2 keeps the one of highest predicted IoU.
-        return Propagated(output["pred_masks"][0, 0].float(), float(ious.max()))
+        return Propagated(output["pred_masks"][0, 0].float(), float(ious.detach().max()), object_score.reshape(()))
 
-    def _track_step(self, index: int, frame: FrameFeatures, mask: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor]:
+    def _track_step(self, index: int, frame: FrameFeatures,
+                    mask: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
         """``SAM2Base.track_step`` in its two halves (it does not return the predicted IoU)."""
         video = self.video
         # The normalisation of object pointers' temporal encoding is that of a video of at least
@@ -236,4 +238,4 @@ class VideoTrack:
         _, _, ious, low_res, high_res, obj_ptr, object_score = sam_outputs
         output.update(pred_masks=low_res, obj_ptr=obj_ptr)
         video._encode_memory_in_output(frame.features, frame.sizes, None, True, high_res, object_score, output)
-        return output, ious
+        return output, ious, object_score

@@ -133,9 +133,11 @@ class LensTracker:
 
     @torch.inference_mode()
     def start(self, image: object, mask: object) -> None:
-        """Seed the track from a query's mask (bool H x W) on the frame it was computed on (RGB uint8 H x W x 3)."""
+        """Seed the track from a query's mask (bool H x W) on the frame it was computed on (RGB uint8
+        H x W x 3). The track follows the mask's largest connected region: a query's mask may carry
+        stray blobs, and one tracker follows one object (start one per instance to follow several)."""
         image = validate_image(image)
-        mask = validate_mask(mask, image)
+        mask = _main_region(validate_mask(mask, image))
         if self._video is not None:
             track = sam_video.VideoTrack(self._video)
             frame = track.encode(self.model.sam_pixels([image], torch.float32))
@@ -170,8 +172,8 @@ class LensTracker:
             logits, score = propagated.low_res_logits, propagated.score
         with timer.stage("postprocess", device):
             mask = (sam_head.upsample_logits(logits[None], height, width)[0] > model.config.mask_threshold).cpu().numpy()
-            if prompt is not None:
-                mask = _component_in_box(mask, prompt)
+            if prompt is not None:  # a blob outside the prompt is another object SAM 2 leaked onto
+                mask = _main_region(mask, prompt)
             score = min(max(score, 0.0), 1.0)
             reason = self._lost_reason(mask, score)
             self._reference = self._reference.aged() if reason is not None else self._reference.followed_by(mask)
@@ -199,15 +201,17 @@ class LensTracker:
         return None
 
 
-def _component_in_box(mask: np.ndarray, box: list[float]) -> np.ndarray:
-    """The connected region of ``mask`` with most pixels inside ``box`` ([0, 1] coordinates): a blob
-    elsewhere is another object SAM 2 leaked onto, and would widen every later prompt."""
+def _main_region(mask: np.ndarray, box: list[float] | None = None) -> np.ndarray:
+    """The connected region of ``mask`` with the most pixels (counting only those inside ``box``,
+    [0, 1] coordinates, when given); ``mask`` itself when it is one region or none."""
     count, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     if count <= 2:
         return mask
-    height, width = mask.shape
-    x1, y1 = int(box[0] * width), int(box[1] * height)
-    x2, y2 = int(np.ceil(box[2] * width)), int(np.ceil(box[3] * height))
-    inside = np.bincount(regions[y1:y2, x1:x2].ravel(), minlength=count)
-    inside[0] = 0
-    return regions == int(inside.argmax())
+    counted = regions
+    if box is not None:
+        height, width = mask.shape
+        rows = slice(int(box[1] * height), int(np.ceil(box[3] * height)))
+        counted = regions[rows, int(box[0] * width):int(np.ceil(box[2] * width))]
+    sizes = np.bincount(counted.ravel(), minlength=count)
+    sizes[0] = 0  # the background
+    return regions == int(sizes.argmax())

@@ -65,6 +65,14 @@ def test_the_box_prompt_is_the_seed_box_grown_by_the_margin_on_every_side(model,
     assert step.mask.dtype == np.bool_ and step.mask.shape == (SIDE, SIDE) and step.mask.sum() == 400
 
 
+def test_the_track_follows_the_largest_region_of_the_seed(model, monkeypatch):
+    sam = ScriptedSam(monkeypatch, [(rect(10, 30, 20, 40), 0.9)])
+    tracker = LensTracker(model, TrackerConfig(box_margin=0.0))
+    tracker.start(frame(), rect(10, 30, 20, 40) | rect(50, 54, 50, 54))  # a stray blob of the query's mask
+    assert not tracker.step(frame()).lost  # the area is compared with the region's, not with the blobs'
+    assert sam.boxes[0] == pytest.approx(sam_box(20, 10, 40, 30))
+
+
 def test_the_prompt_follows_the_targets_motion_and_stays_inside_the_frame(model, monkeypatch):
     moved = rect(10, 30, 28, 48)  # 8 px to the right
     sam = ScriptedSam(monkeypatch, [(moved, 0.9), (rect(10, 30, 44, 64), 0.9)])
