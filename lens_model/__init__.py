@@ -14,6 +14,8 @@ _LAZY = {
     "LensOutput": "lens_model.modeling",
     "build_lens": "lens_model.modeling",
     "LensPredictor": "lens_model.predictor",
+    "LensTracker": "lens_model.tracker",
+    "TrackerConfig": "lens_model.tracker",
     "load_model": "lens_model.checkpoints",
     "save_model": "lens_model.checkpoints",
     "SegmentationResult": "lens_model.result",

@@ -25,10 +25,11 @@ from lens_model.hub import locate, resolve_device, resolve_dtype
 from lens_model.modeling import LensModel, build_lens
 from lens_model.processor import ReasonerProcessor
 from lens_model.reasoner import qwen_key, reasoner_config_from_dict, ties_lm_head
-from lens_model.weights import WeightSource, save_state_dict
+from lens_model.weights import WeightSource, iter_tensors, save_state_dict
 
 LM_HEAD = "reasoner.lm_head.weight"
 REASONER = "reasoner."
+SAM = "sam."
 
 
 def load_model(name_or_path: str, device: str = "cpu", dtype: str | torch.dtype = "auto", **overrides) -> LensModel:
@@ -63,6 +64,21 @@ def read_native(directory: Path, **overrides) -> tuple[LensConfig, WeightSource]
         raise CheckpointFormatError(f"{directory}/config.json lacks the embedded reasoner or SAM 2 config")
     tied = ties_lm_head(config.reasoner_config)
     return config, WeightSource(directory, optional=lambda key: tied and key == LM_HEAD)
+
+
+def read_sam_tensors(name_or_path: str) -> dict[str, torch.Tensor]:
+    """The SAM 2 tensors of a model folder, native or released, under SAM 2's own names (``sam.``
+    removed), read one shard at a time without building the model."""
+    directory = locate(name_or_path)
+    rename = released.rename_key if released.is_released_checkpoint(directory) else (lambda key: key)
+    tensors = {}
+    for key, tensor in iter_tensors(directory):
+        name = rename(key)
+        if name is not None and name.startswith(SAM):
+            tensors[name[len(SAM):]] = tensor
+    if not tensors:
+        raise CheckpointFormatError(f"{directory} holds no SAM 2 tensors (sam.*)")
+    return tensors
 
 
 def new_model(config: LensConfig) -> LensModel:

@@ -209,10 +209,15 @@ class LensModel(nn.Module):
         out = reasoner.model.get_image_features(pixels, encoded.grid_thw.to(self.device), return_dict=True)
         return out.pooler_output[0]
 
-    def sam_features(self, images: list) -> sam_head.SamImageFeatures:
+    def sam_pixels(self, images: list, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """RGB uint8 images as SAM 2's normalised (B, 3, S, S) input, on the model's device, in ``dtype``
+        (default: the model's)."""
         resize = self.config.preprocessing.sam_resize
         pixels = torch.stack([sam_head.preprocess(img, self.config.sam_image_size, resize) for img in images])
-        return sam_head.encode_images(self.sam, pixels.to(self.device, self.dtype))
+        return pixels.to(self.device, dtype or self.dtype)
+
+    def sam_features(self, images: list) -> sam_head.SamImageFeatures:
+        return sam_head.encode_images(self.sam, self.sam_pixels(images))
 
     def encode_prompts(self, queries: list[str], encoded: list[EncodedImage], template: str | None = None) -> EncodedPrompts:
         template = template or self.config.template

@@ -9,52 +9,20 @@ model's.
 """
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from lens_model import sam_head
 from lens_model.answer_parser import map_box, parse_answer
-from lens_model.errors import InputError
+from lens_model.frames import validate_image
 from lens_model.modeling import Completions, LensModel
 from lens_model.prompts import clean_query
 from lens_model.result import SegmentationResult
-
-MAX_IMAGE_SIDE = 16384
-
-
-class StageTimer:
-    """Wall-clock milliseconds per named stage (synchronising CUDA so GPU time is attributed)."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str, device: torch.device) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
-
-
-def validate_image(image: object) -> np.ndarray:
-    """Accept an RGB uint8 HxWx3 array (or a PIL image); reject anything else with a clear message."""
-    if hasattr(image, "convert") and hasattr(image, "size"):
-        image = np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be an RGB numpy array or PIL image, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"image must have shape HxWx3 (RGB), got {image.shape}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image must be uint8, got {image.dtype}")
-    h, w = image.shape[:2]
-    if h < 2 or w < 2 or h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
-        raise InputError(f"image size {w}x{h} is outside the supported range 2..{MAX_IMAGE_SIDE}")
-    return np.ascontiguousarray(image)
+from lens_model.timing import StageTimer
+from lens_model.tracker import LensTracker, TrackerConfig
 
 
 class LensPredictor:
@@ -105,10 +73,14 @@ class LensPredictor:
             masks = (sam_head.upsample_logits(out.mask_logits, height, width) > config.mask_threshold).cpu().numpy()
             results = [self._result(q, masks[i], float(out.iou_predictions[i]), completions, i, encoded.resized_size,
                                     (width, height)) for i, q in enumerate(queries)]
-        total = sum(timer.ms.values())
         for result in results:
-            result.timings_ms = {**timer.ms, "total": total}
+            result.timings_ms = timer.with_total()
         return results
+
+    def tracker(self, config: TrackerConfig | None = None, memory_weights: str | Path | None = None) -> LensTracker:
+        """A tracker on this predictor's model (``lens_model.tracker``): a query's mask seeds it, and
+        every later frame gets a mask from SAM 2 alone."""
+        return LensTracker(self.model, config, memory_weights)
 
     def describe(self) -> dict[str, object]:
         config = self.model.config

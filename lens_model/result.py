@@ -9,6 +9,15 @@ import numpy as np
 Box = tuple[float, float, float, float]
 
 
+def mask_to_box(mask: np.ndarray) -> Box:
+    """(xmin, ymin, xmax + 1, ymax + 1) of a non-empty mask, in its pixels."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("an empty mask has no box")
+    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+
 @dataclass
 class SegmentationResult:
     """What LENS returns for one (image, query) pair.

@@ -274,12 +274,16 @@ ARCHITECTURE: dict[str, ClassSpec] = {
 }
 
 
-def build_sam2_base(description: Any) -> Any:
-    """The SAM2Base a description names, after checking every node and field against the table."""
-    return build_node(description, "sam2_model_config", (BASE,))
+def build_sam2_base(description: Any, reuse: Mapping[str, Any] | None = None) -> Any:
+    """The SAM2Base a description names, after checking every node and field against the table.
+
+    ``reuse`` passes already built modules for some of its top-level fields (the tracker's video
+    SAM 2 reuses a LensModel's image encoder, built from this same description): those fields must
+    be allowed ones, and their nodes are not built again."""
+    return build_node(description, "sam2_model_config", (BASE,), reuse or {})
 
 
-def build_node(node: Any, where: str, targets: tuple[str, ...]) -> Any:
+def build_node(node: Any, where: str, targets: tuple[str, ...], reuse: Mapping[str, Any] | None = None) -> Any:
     if not isinstance(node, Mapping):
         raise refuse(where, "must be a mapping with a _target_", node)
     target = node.get(TARGET)
@@ -289,9 +293,16 @@ def build_node(node: Any, where: str, targets: tuple[str, ...]) -> Any:
     missing = sorted(spec.required - set(node))
     if missing:
         raise refuse(where, f"lacks required field(s) {missing}", target)
+    reuse = reuse or {}
+    unknown = sorted(set(reuse) - set(node))
+    if unknown:
+        raise refuse(where, "cannot reuse modules for fields it does not set", unknown)
     # Children are built in the description's order, as Hydra does, so random initialisation is unchanged.
-    kwargs = {key: _field(spec.fields, key, value, where).check(value, f"{where}.{key}")
-              for key, value in node.items() if key != TARGET}
+    kwargs = {}
+    for key, value in node.items():
+        if key != TARGET:
+            checker = _field(spec.fields, key, value, where)
+            kwargs[key] = reuse[key] if key in reuse else checker.check(value, f"{where}.{key}")
     module_name, _, class_name = target.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     try:

@@ -10,6 +10,7 @@ SAM 2 is built from a description checked by ``lens_model.sam_arch`` (never by H
 from __future__ import annotations
 
 import importlib.resources
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from lens_model.errors import CheckpointFormatError
+from lens_model.errors import CheckpointFormatError, one_line
 from lens_model.sam_arch import build_sam2_base
 
 MEMORY_MODULES = ("memory_attention", "memory_encoder", "maskmem_tpos_enc")
@@ -81,16 +82,21 @@ def build_sam2(model_config: dict[str, Any]) -> torch.nn.Module:
     return sam
 
 
-def load_sam2_checkpoint(sam: torch.nn.Module, path: str | Path) -> None:
-    """Load an official SAM 2 ``.pt`` (``{"model": state_dict}``) with ``weights_only=True``."""
+def read_sam2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official SAM 2 ``.pt`` (``{"model": state_dict}``), read with ``weights_only=True``."""
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise CheckpointFormatError(f"cannot read SAM 2 checkpoint {path}: {exc}") from exc
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        raise CheckpointFormatError(f"cannot read SAM 2 checkpoint {path}: {one_line(exc)}") from None
     state = blob.get("model", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointFormatError(f"{path} holds no SAM 2 state dict")
-    state = {k: v for k, v in state.items() if not k.startswith(MEMORY_MODULES)}
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointFormatError(f"{path} holds no SAM 2 state dict of named tensors")
+    return state
+
+
+def load_sam2_checkpoint(sam: torch.nn.Module, path: str | Path) -> None:
+    """Load an official SAM 2 ``.pt`` into a SAM 2 without memory modules (those tensors are skipped)."""
+    state = {k: v for k, v in read_sam2_checkpoint(path).items() if not k.startswith(MEMORY_MODULES)}
     missing, unexpected = sam.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointFormatError(
@@ -155,6 +161,13 @@ def decode_masks(
         high_res_features=None if high_res is None else [f.to(prompts.dtype) for f in high_res],
     )
     return logits[:, 0], iou[:, 0]
+
+
+def decode_box_masks(sam: torch.nn.Module, features: SamImageFeatures, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's own box prompts: (N, 4) boxes x1, y1, x2, y2 in SAM 2's input frame (0..image_size),
+    box i on image i of ``features``; returns :func:`decode_masks`'s logits and predicted IoU."""
+    sparse, _ = sam.sam_prompt_encoder(points=None, boxes=boxes.float(), masks=None)
+    return decode_masks(sam, features, sparse.to(features.fpn[0].dtype), repeat_image=False)
 
 
 def upsample_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -13,13 +13,13 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from lens_model.result import mask_to_box
 from training.data.images import read_rgb
 from training.data.masks import (
     Polygons,
     _decode_compressed_counts,
     checked_mask,
     clip_box,
-    mask_to_box,
     mask_to_rle,
     parse_box,
     parse_coco_segmentation,

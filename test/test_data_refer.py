@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from training.data import load_dataset
-from training.data.masks import mask_to_box
+from lens_model.result import mask_to_box
 from training.data.refer import ReferDataset
 from training.data.safe_pickle import load_plain_pickle
 from training.synthetic import generate_dataset

@@ -3,6 +3,7 @@
     python -m training.evaluate --model ID_OR_PATH --data DIR --dataset refcoco --split val \
         [--output results.json] [--limit N] [--batch-size 8] [--device cuda] [--group-by KEY] \
         [--protocol corrected|paper]
+    python -m training.evaluate --task tracking --model ID_OR_PATH --data DIR [--track-mode box|memory] ...
 
 Every referring expression is one sample, scored at the original image resolution against the
 binarised ground truth with ignore regions excluded (see ``training.metrics``); ``--protocol paper``
@@ -12,6 +13,10 @@ saved atomically every few batches next to the output, so an evaluation that die
 it stopped. Under a distributed launcher each rank scores every world_size-th sample and rank 0
 merges the results. ``--group-by KEY`` also reports the metrics per value of a dataset's per-query
 field (ReasonSeg ``is_sentence``: long vs short queries; synthetic ``expression_type``).
+
+``--task tracking`` evaluates the tracker instead, on the synthetic videos of
+``python -m training.synthetic --videos N`` (``training.track_eval``): mean IoU over frames, lost
+rate and identity switches at crossings.
 """
 from __future__ import annotations
 
@@ -21,18 +26,22 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from tqdm import tqdm
 
 from lens_model.predictor import LensPredictor
 from lens_model.prompts import TEMPLATES
+from lens_model.tracker import TrackMode
 from training.common import distributed
 from training.data.registry import DATASET_NAMES, load_dataset
 from training.data.sample import Sample
 from training.metrics import SegmentationMeter
 from training.protocol import PROTOCOLS, Planned, Protocol, check_supported, paper_model_config, plan, prepare, score_mask
+from training.track_eval import SEED_FROM, format_tracking, run_tracking
+from training.track_metrics import summarize
 
+TASKS = ("segmentation", "tracking")
 PERCENT_KEYS = ("gIoU", "cIoU", "box_iou", "box_accuracy", "parse_failure_rate")
 
 
@@ -40,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="built-in name, checkpoint folder or hub id")
     parser.add_argument("--data", required=True, help="data root (see docs/datasets.md)")
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--task", choices=TASKS, default="segmentation",
+                        help="segmentation: the referring-segmentation metrics; tracking: the tracker on synthetic videos")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, help="required for --task segmentation")
     parser.add_argument("--split", default=None, help="val, testA, testB, test, train, eval ...")
     parser.add_argument("--output", default=None, help="results JSON (default: eval_<dataset>_<split>.json)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N expressions")
@@ -56,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="corrected",
                         help="corrected: this project's metrics; paper: the authors' evaluation, to compare with "
                              "the paper's tables (see docs/training.md)")
+    tracking = parser.add_argument_group("tracking (--task tracking)")
+    tracking.add_argument("--track-mode", choices=get_args(TrackMode), default="box")
+    tracking.add_argument("--memory-weights", default=None, help="memory mode: SAM 2 .pt or memory .safetensors")
+    tracking.add_argument("--seed-from", choices=SEED_FROM, default="query",
+                          help="query: the first frame's query seeds the track; gt: the true mask does")
+    tracking.add_argument("--frames", type=int, default=None, help="score at most T frames of each video")
+    tracking.add_argument("--min-seed-iou", type=float, default=0.5,
+                          help="also report the videos whose seed mask has at least this IoU on frame 0")
     return parser
 
 
@@ -175,7 +194,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.task == "tracking":
+        return tracking_main(args)
+    if args.dataset is None:
+        parser.error("--dataset is required for --task segmentation")
     from lens_model.errors import LensError
     from lens_model.checkpoints import load_model
 
@@ -236,6 +260,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {output}")
     distributed.barrier()
     partial.remove()
+    return 0
+
+
+def tracking_main(args: argparse.Namespace) -> int:
+    """``--task tracking``: seed a track on every video's first frame, step it through the rest, score it."""
+    from lens_model.checkpoints import load_model
+    from lens_model.errors import LensError
+    from lens_model.tracker import TrackerConfig
+    from training.data.skips import BrokenEntry
+    from training.data.videos import read_videos
+
+    output = Path(args.output or f"eval_tracking_{args.track_mode}.json")
+    run = {"task": "tracking", "model": args.model, "data": str(Path(args.data).resolve()), "mode": args.track_mode,
+           "memory_weights": args.memory_weights, "seed_from": args.seed_from, "limit": args.limit, "frames": args.frames}
+    try:
+        videos = read_videos(args.data)[: args.limit]
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        scores, step_ms = run_tracking(LensPredictor(model), videos, TrackerConfig(mode=args.track_mode),
+                                       args.memory_weights, args.seed_from, args.frames)
+    except (LensError, OSError, ValueError, BrokenEntry) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    summary = summarize(scores, args.min_seed_iou)
+    print(format_tracking(summary, f"{args.model}, {args.track_mode} mode, seeded from the {args.seed_from} "
+                                   f"({len(videos)} videos; median step {step_ms or 0:.1f} ms)"))
+    write_json_atomic(output, {"run": run, "metrics": summary, "median_step_ms": step_ms,
+                               "videos": [score.to_dict() for score in scores],
+                               "random_weights": model.config.random_weights})
+    print(f"wrote {output}")
     return 0
 
 

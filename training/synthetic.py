@@ -1,13 +1,19 @@
-"""Generate a synthetic referring-segmentation dataset in the RefCOCO (refer) layout.
+"""Generate a synthetic referring-segmentation dataset in the RefCOCO (refer) layout, or tracking videos.
 
     python -m training.synthetic --out DIR [--images N] [--seed S] [--size PX] [--objects MIN MAX]
                                  [--expression-types ...]
+    python -m training.synthetic --out DIR --videos N [--frames T] [--seed S] [--size PX] [--objects MIN MAX]
 
 writes ``DIR/synthetic/``: ``images/*.png``, ``instances.json`` (COCO images, annotations with
 exact polygon segmentations, ``bbox`` and an ``attributes`` dict, categories) and ``refs(unc).p``
 (a plain pickle of refs whose sentences also carry ``reasoning`` and ``expression_type``).
 Images are split 80/10/10 into train/val/test. The same arguments always give the same bytes.
 Load it with ``training.data.load_dataset("synthetic", DIR, split)``.
+
+With ``--videos N`` it writes ``DIR/synthetic_videos/`` instead: N videos of T frames in which the
+shapes move, cross and occlude one another, each with a query about its first frame and the visible
+mask of every object on every frame (``training.data.synthetic_motion``; layout in
+``training.data.videos``), for ``python -m training.evaluate --task tracking``.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.data.masks import mask_to_box
+from lens_model.result import mask_to_box
 from training.data.synthetic_expressions import EXPRESSION_TYPES, Expression, choose_expressions, explain
+from training.data.synthetic_motion import MIN_FRAMES, sample_video
 from training.data.synthetic_scenes import DEFAULT_OBJECTS, SHAPES, Scene, SceneObject, sample_scene
+from training.data.videos import FOLDER as VIDEO_FOLDER
+from training.data.videos import write_index, write_video
 
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
 MAX_SENTENCES_PER_REF = 3
@@ -143,6 +152,20 @@ def generate_dataset(
     return result
 
 
+def generate_videos(out_dir: Path, *, num_videos: int = 10, num_frames: int = 100, seed: int = 0, size: int = 224,
+                    objects: tuple[int, int] = DEFAULT_OBJECTS) -> Path:
+    """Write ``num_videos`` tracking videos to ``out_dir/synthetic_videos``; returns that folder."""
+    if num_videos < 1 or size < MIN_SIZE or num_frames < MIN_FRAMES:
+        raise ValueError(f"need at least one video of at least {MIN_FRAMES} frames of at least {MIN_SIZE} px")
+    rng = np.random.default_rng(seed)
+    folder = Path(out_dir) / VIDEO_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [write_video(folder, number, sample_video(rng, size, num_frames, POSITION_MARGIN * size, objects))
+               for number in range(1, num_videos + 1)]
+    write_index(folder, size, num_frames, entries)
+    return folder
+
+
 def _write_annotations(
     folder: Path, images: list[dict[str, Any]], annotations: list[dict[str, Any]], refs: list[dict[str, Any]]
 ) -> None:
@@ -177,12 +200,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar=("MIN", "MAX"),
         help="shapes per scene, inclusive range (default %(default)s; 1 1 gives one-object curriculum scenes)",
     )
+    parser.add_argument("--videos", type=int, default=None, metavar="N",
+                        help="write N tracking videos (DIR/synthetic_videos) instead of images")
+    parser.add_argument("--frames", type=int, default=100, help="frames per video (default 100)")
     args = parser.parse_args(argv)
     if args.images < 1 or args.size < MIN_SIZE:
         parser.error(f"--images must be >= 1 and --size >= {MIN_SIZE}")
     if not 1 <= args.objects[0] <= args.objects[1]:
         parser.error("--objects needs 1 <= MIN <= MAX")
     start = time.perf_counter()
+    if args.videos is not None:
+        if args.videos < 1 or args.frames < MIN_FRAMES:
+            parser.error(f"--videos must be >= 1 and --frames >= {MIN_FRAMES}")
+        folder = generate_videos(args.out, num_videos=args.videos, num_frames=args.frames, seed=args.seed,
+                                 size=args.size, objects=tuple(args.objects))
+        print(f"wrote {args.videos} videos of {args.frames} frames to {folder} in {time.perf_counter() - start:.1f} s")
+        return
     result = generate_dataset(
         args.out,
         num_images=args.images,

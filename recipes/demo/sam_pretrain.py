@@ -66,9 +66,7 @@ def box_prompted_logits(model: LensModel, images: list, boxes: torch.Tensor,
     features = model.sam_features(images)
     if image_of_box is not None:
         features = features.select(image_of_box.to(model.device))
-    sparse, _ = model.sam.sam_prompt_encoder(points=None, boxes=boxes.to(model.device, model.dtype), masks=None)
-    logits, _ = sam_head.decode_masks(model.sam, features, sparse, repeat_image=False)
-    return logits
+    return sam_head.decode_box_masks(model.sam, features, boxes.to(model.device))[0]
 
 
 def sam_loss(engine: Engine, encoder: BatchEncoder, images: list[list[Sample]], cfg: SamPretrainConfig):

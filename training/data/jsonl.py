@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from lens_model.result import Box
+from lens_model.result import Box, mask_to_box
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
 from training.data.fields import entry_id
 from training.data.images import read_rgb
 from training.data.lines import read_json_objects
-from training.data.masks import Rle, checked_mask, clip_box, mask_to_box, parse_box, parse_rle, read_png_mask
+from training.data.masks import Rle, checked_mask, clip_box, parse_box, parse_rle, read_png_mask
 from training.data.paths import contained_file
 from training.data.skips import BrokenEntry, SkipCounter
 

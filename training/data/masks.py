@@ -231,15 +231,6 @@ def checked_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def mask_to_box(mask: np.ndarray) -> Box:
-    """(xmin, ymin, xmax + 1, ymax + 1) of a non-empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise ValueError("an empty mask has no box")
-    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
-
-
 def parse_box(value: Any) -> Box:
     """Four finite numbers (x1, y1, x2, y2) with x2 > x1 and y2 > y1."""
     x1, y1, x2, y2 = _four_numbers(value, "[x1, y1, x2, y2]")

@@ -18,11 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lens_model.result import mask_to_box
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
 from training.data.fields import brief
 from training.data.images import read_rgb
 from training.data.lines import MALFORMED_JSON, error_line
-from training.data.masks import check_polygons, checked_mask, mask_to_box, parse_polygon
+from training.data.masks import check_polygons, checked_mask, parse_polygon
 from training.data.paths import contained_file, first_contained_file
 from training.data.skips import BrokenEntry, SkipCounter
 

@@ -102,7 +102,7 @@ def sample_scene(rng: np.random.Generator, size: int, objects: tuple[int, int] =
                 objects.append(placed)
         if len(objects) >= fewest:
             break
-    image = _background(rng, size)
+    image = background(rng, size)
     for obj in objects:
         image[obj.mask] = COLORS[obj.color]
     return Scene(image=image, objects=tuple(objects))
@@ -136,7 +136,7 @@ def _place(
     return None
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A light neutral colour, half the time with faint noise and a gentle gradient."""
     base = rng.integers(175, 236) + rng.integers(-8, 9, size=3)
     image = np.broadcast_to(base.astype(np.float64), (size, size, 3)).copy()

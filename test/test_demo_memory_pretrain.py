@@ -1,0 +1,72 @@
+"""Training the demo's SAM 2 memory modules on synthetic videos: the loss falls, only the video
+tensors change, the model folder stays the demo's, the memory file loads into a tracker, and a
+crashed run resumes exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lens_model.checkpoints import load_model
+from lens_model.sam_video import build_video_sam, video_keys
+from lens_model.tracker import LensTracker, TrackerConfig
+from recipes.demo import memory_pretrain
+from training.common.checkpoint import CheckpointManager
+from training.common.logging import read_metrics
+from training.data.videos import read_videos
+from training.synthetic import generate_videos
+
+CONFIG = "recipes/demo/configs/memory.yaml"
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    generate_videos(root / "train", num_videos=6, num_frames=8, seed=3, size=112)
+    generate_videos(root / "eval", num_videos=2, num_frames=6, seed=4, size=112)
+    return root
+
+
+def run(videos, out, *overrides: str) -> None:
+    args = ["--config", CONFIG, f"data.root={videos / 'train'}", f"eval_videos={videos / 'eval'}", f"output_dir={out}",
+            "clip_frames=4", "eval_frames=6", "data.eval_limit=2", "engine.warmup_steps=0", "engine.lr=2e-3",
+            "log.every_steps=4", "log.progress_bar=false", "eval_every_steps=0", *overrides]
+    assert memory_pretrain.main(args) == 0
+
+
+def test_memory_training_learns_only_the_video_tensors(videos, tmp_path):
+    out = tmp_path / "out"
+    run(videos, out, "max_steps=16")
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    evaluation = [r for r in read_metrics(out / "metrics.jsonl") if "eval_track_mean_iou" in r]
+    assert len(evaluation) == 1 and 0.0 <= evaluation[0]["eval_track_mean_iou"] <= 1.0
+    demo = load_model("lens-synth-demo")
+    trained = load_file(out / "memory.safetensors")
+    fresh = build_video_sam(demo).state_dict()
+    assert trained.keys() == video_keys(build_video_sam(demo)).keys()
+    assert any(not torch.equal(v, fresh[k]) for k, v in trained.items())
+    exported = load_file(out / "model.safetensors")  # the demo model, unchanged and without memory
+    assert all(torch.equal(v, demo.state_dict()[k]) for k, v in exported.items())
+    tracker = LensTracker(load_model(str(out)), TrackerConfig(mode="memory"), memory_weights=out / "memory.safetensors")
+    video = read_videos(videos / "eval")[0]
+    tracker.start(video.frame(0), video.labels(0) == video.target)
+    assert tracker.step(video.frame(1)).mask.shape == (112, 112)
+
+
+def test_a_crashed_run_resumes_to_the_same_memory_weights(videos, tmp_path, monkeypatch):
+    overrides = ("max_steps=6", "checkpoint.every_steps=3", "data.eval_limit=0")
+    run(videos, tmp_path / "straight", *overrides)
+    real_save = CheckpointManager.save
+
+    def crash_after_first_save(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(CheckpointManager, "save", crash_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(videos, tmp_path / "resumed", *overrides)
+    monkeypatch.setattr(CheckpointManager, "save", real_save)
+    run(videos, tmp_path / "resumed", *overrides)
+    straight, resumed = (load_file(tmp_path / name / "memory.safetensors") for name in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
