@@ -56,6 +56,13 @@ def test_sections_apply_wildcard_then_node_then_fully_qualified(tmp_path):
     ({"frames.max_age_s": float("inf")}, "frames.max_age_s must be a finite number"),
     ({"model.name": ""}, "model.name must not be empty"),
     ({"autostart": 1}, "autostart must be bool, got int"),
+    ({"tracking.mode": "flow"}, "tracking.mode must be one of box, memory"),
+    ({"tracking.max_rate_hz": 0}, "tracking.max_rate_hz must be > 0.0"),
+    ({"tracking.min_score": 1.5}, "tracking.min_score must be <= 1.0"),
+    ({"tracking.min_area_ratio": -0.1}, "tracking.min_area_ratio must be >= 0.0"),
+    ({"tracking.max_area_ratio": 0.5}, "tracking.max_area_ratio must be >= 1.0"),
+    ({"tracking.reacquire_period_s": -1.0}, "tracking.reacquire_period_s must be >= 0.0"),
+    ({"tracking.enabled": "yes"}, "tracking.enabled must be bool, got str"),
 ])
 def test_bad_parameters_are_rejected_by_name(values, message):
     with pytest.raises(ParameterError) as info:
