@@ -63,7 +63,8 @@ def open_tracker(segmenter: Segmenter, params: LensParams) -> Tracker:
     """The loaded model's tracker with the node's thresholds (TrackerConfig checks their types and ranges)."""
     from lens_model.tracker import TrackerConfig  # imports torch: only when the node activates
 
-    return segmenter.tracker(TrackerConfig(**tracker_fields(params)), memory_weights=params.track_memory_weights or None)
+    config = TrackerConfig(**tracker_fields(params))
+    return segmenter.tracker(config, memory_weights=params.track_memory_weights or None)
 
 
 def load_segmenter(name: str, device: str, dtype: str) -> Segmenter:

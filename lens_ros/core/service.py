@@ -97,7 +97,8 @@ class LensService:
             try:
                 tracker = self._open_tracker(segmenter, p)
             except Exception as exc:
-                self.activation_error = f"activate failed: cannot open a {p.track_mode} tracker: {type(exc).__name__}: {exc}"
+                self.activation_error = (f"activate failed: cannot open a {p.track_mode} tracker: "
+                                         f"{type(exc).__name__}: {exc}")
                 raise
             tracking = Tracking(tracker, p, self.frames, TrackPublisher(self._kit, self._sink), self.stats, self._clock,
                                 self._ids.next, rate_limited=not self._synchronous)
