@@ -109,7 +109,8 @@ class LensParams:
         15.0, "tracking.max_rate_hz", "Most track steps per second; frames in between are dropped (counted).",
         exclusive_minimum=0.0)
     track_box_margin: float = _param(
-        0.1, "tracking.box_margin", "box mode: the previous box grows by this fraction of its size.", minimum=0.0)
+        0.1, "tracking.box_margin", "box mode: the previous box grows by this fraction of its size.",
+        minimum=0.0, maximum=1.0)
     track_min_score: float = _param(
         0.3, "tracking.min_score", "A step scoring below this is lost.", minimum=0.0, maximum=1.0)
     track_min_area_ratio: float = _param(
