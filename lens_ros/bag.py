@@ -110,9 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_params(args: argparse.Namespace) -> LensParams:
     values = read_params_file(args.params_file, "lens_node", args.namespace) if args.params_file else {}
-    values.update(command_line_overrides(model=args.model, device=args.device, debug_image=args.debug_image or None))
-    if args.track:
-        values["tracking.enabled"] = True
+    values.update(command_line_overrides(model=args.model, device=args.device, debug_image=args.debug_image or None,
+                                         tracking=args.track or None))
     return LensParams.from_ros(values)
 
 

@@ -160,10 +160,11 @@ def command_line_overrides(
     device: str | None = None,
     image_topic: str | None = None,
     debug_image: bool | None = None,
+    tracking: bool | None = None,
 ) -> dict[str, Any]:
     """ROS parameter values for the shortcuts lens_node, lens-bag and the launch file offer; None = not given."""
     given = {"model.name": model, "model.device": device, "topics.image": image_topic,
-             "debug_image.enabled": debug_image}
+             "debug_image.enabled": debug_image, "tracking.enabled": tracking}
     return {name: value for name, value in given.items() if value is not None}
 
 
