@@ -37,6 +37,20 @@ def tracking_service(segmenter: FakeSegmenter | None = None, *, synchronous: boo
     return service, segmenter, sink, clock
 
 
+def gated_service(**overrides):
+    """An asynchronous service whose model waits for ``gate`` (open at first); returns it with the gate."""
+    gate = threading.Event()
+    gate.set()
+    return (*tracking_service(FakeSegmenter(gate=gate), synchronous=False, **overrides), gate)
+
+
+def seed(service: LensService, segmenter: FakeSegmenter) -> None:
+    """Frame 0 and a query that finds its target on it; returns once the track started."""
+    service.on_image(frame(0))
+    service.on_query("the thing")
+    assert wait_until(lambda: segmenter.fake_tracker.started_on[:1] == [0], 10)
+
+
 def statuses(sink: RecordingSink) -> list[dict]:
     return [json.loads(msg.data) for msg in sink.of(Output.TRACK_STATUS)]
 
@@ -143,9 +157,7 @@ def test_at_most_max_rate_hz_steps_each_on_the_newest_frame_and_skipped_frames_a
     service, segmenter, sink, clock = tracking_service(synchronous=False, **{"tracking.max_rate_hz": 10.0})
     tracker = segmenter.fake_tracker
     try:
-        service.on_image(frame(0))
-        service.on_query("the thing")
-        assert wait_until(lambda: tracker.started_on == [0], 10)
+        seed(service, segmenter)
         service.on_image(frame(1))
         assert wait_until(lambda: tracker.stepped == [1], 10)
         service.on_image(frame(2))  # 0 s after the last step: the node clock does not move, so no step may run
@@ -163,14 +175,10 @@ def test_at_most_max_rate_hz_steps_each_on_the_newest_frame_and_skipped_frames_a
 
 
 def test_a_query_goes_before_track_steps_and_frames_arriving_meanwhile_are_dropped_and_counted():
-    gate = threading.Event()
-    gate.set()
-    service, segmenter, sink, clock = tracking_service(FakeSegmenter(gate=gate), synchronous=False)
+    service, segmenter, sink, clock, gate = gated_service()
     tracker = segmenter.fake_tracker
     try:
-        service.on_image(frame(0))
-        service.on_query("the thing")
-        assert wait_until(lambda: tracker.started_on == [0], 10)
+        seed(service, segmenter)
         service.on_image(frame(1))
         assert wait_until(lambda: tracker.stepped == [1], 10)
         gate.clear()
@@ -203,9 +211,7 @@ def test_a_step_running_when_the_track_is_stopped_publishes_nothing():
     service, segmenter, sink, _ = tracking_service(synchronous=False)
     tracker = segmenter.fake_tracker
     try:
-        service.on_image(frame(0))
-        service.on_query("the thing")
-        assert wait_until(lambda: tracker.started_on == [0], 10)
+        seed(service, segmenter)
         tracker.gate = threading.Event()
         service.on_image(frame(1))
         assert tracker.stepping.wait(10)
@@ -246,8 +252,7 @@ def test_bad_frames_mid_track_get_error_statuses_and_the_track_goes_on():
     service, segmenter, sink, _ = tracking_service()
     tracker = segmenter.fake_tracker
     tracker.bad_mask_at = {5}
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     service.on_image(frame(1))
     truncated = raw_image_msg(KIT, height=48, width=64, encoding="rgb8", step=192, data=bytes(100), stamp_s=T0 + 0.2)
     truncated.header.frame_id = "f2"
@@ -271,8 +276,7 @@ def test_bad_frames_mid_track_get_error_statuses_and_the_track_goes_on():
 def test_a_tracker_failure_ends_the_track_with_an_error_then_a_stopped_status():
     service, segmenter, sink, _ = tracking_service()
     segmenter.fake_tracker.fail_at = {2}
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     for index in (1, 2, 3):
         service.on_image(frame(index))
     seen = statuses(sink)
@@ -285,8 +289,7 @@ def test_a_tracker_failure_ends_the_track_with_an_error_then_a_stopped_status():
 def test_a_lost_track_is_reacquired_by_a_query_of_its_own():
     service, segmenter, sink, _ = tracking_service()
     segmenter.fake_tracker.lost_at = {2}
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     for index in (1, 2, 3):
         service.on_image(frame(index))
     first, again = sink.results()
@@ -308,8 +311,7 @@ def test_a_lost_track_is_reacquired_by_a_query_of_its_own():
 def test_without_reacquire_on_lost_a_lost_track_just_ends():
     service, segmenter, sink, _ = tracking_service(**{"tracking.reacquire_on_lost": False})
     segmenter.fake_tracker.lost_at = {1}
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     service.on_image(frame(1))
     service.on_image(frame(2))
     assert len(sink.results()) == 1 and [s["status"] for s in statuses(sink)] == ["lost"]
@@ -318,8 +320,7 @@ def test_without_reacquire_on_lost_a_lost_track_just_ends():
 
 def test_periodic_reacquisition_reruns_the_query_every_period_and_reseeds_the_track():
     service, segmenter, sink, clock = tracking_service(**{"tracking.reacquire_period_s": 1.0})
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     for index in (1, 2, 3, 4):
         clock.now = T0 + index / 2
         service.on_image(frame(index))
@@ -332,8 +333,7 @@ def test_periodic_reacquisition_reruns_the_query_every_period_and_reseeds_the_tr
 
 def test_a_new_query_replaces_the_track_and_one_that_finds_nothing_ends_it():
     service, segmenter, sink, _ = tracking_service()
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     service.on_image(frame(1))
     service.on_query("the other thing")
     service.on_image(frame(2))
@@ -349,8 +349,7 @@ def test_a_new_query_replaces_the_track_and_one_that_finds_nothing_ends_it():
 
 def test_stop_ends_the_track_and_a_second_stop_finds_none():
     service, segmenter, sink, _ = tracking_service()
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     service.on_image(frame(1))
     assert service.stop_tracking("stop requested on /lens/track/stop") == "stopped the track of query 1"
     assert service.stop_tracking("again") == "no track was running"
@@ -361,15 +360,11 @@ def test_stop_ends_the_track_and_a_second_stop_finds_none():
 
 
 def test_a_reacquisition_running_when_the_track_is_stopped_does_not_restart_it():
-    gate = threading.Event()
-    gate.set()
-    service, segmenter, sink, _ = tracking_service(FakeSegmenter(gate=gate), synchronous=False)
+    service, segmenter, sink, _, gate = gated_service()
     tracker = segmenter.fake_tracker
     tracker.lost_at = {1}
     try:
-        service.on_image(frame(0))
-        service.on_query("the thing")
-        assert wait_until(lambda: tracker.started_on == [0], 10)
+        seed(service, segmenter)
         gate.clear()
         service.on_image(frame(1))  # lost: the re-acquisition query starts and waits at the gate
         assert wait_until(lambda: len(segmenter.calls) == 2, 10)
@@ -390,9 +385,7 @@ def test_a_reacquisition_waiting_behind_a_new_query_is_cancelled_with_an_error_r
     tracker = segmenter.fake_tracker
     tracker.lost_at = {1}
     try:
-        service.on_image(frame(0))
-        service.on_query("the thing")
-        assert wait_until(lambda: tracker.started_on == [0], 10)
+        seed(service, segmenter)
         tracker.gate = threading.Event()
         service.on_image(frame(1))
         assert tracker.stepping.wait(10)  # the step that loses the target is running
@@ -410,12 +403,9 @@ def test_a_reacquisition_waiting_behind_a_new_query_is_cancelled_with_an_error_r
 
 
 def test_deactivate_ends_the_track_with_a_stopped_status():
-    service, _, sink, _ = tracking_service(synchronous=False)
+    service, segmenter, sink, _ = tracking_service(synchronous=False)
     try:
-        service.on_image(frame(0))
-        service.on_query("the thing")
-        assert wait_until(lambda: service.publish_diagnostics() or diagnostics(service, sink)["track_state"]
-                          == "tracking", 10)
+        seed(service, segmenter)
     finally:
         service.deactivate()
     (stopped,) = statuses(sink)
@@ -425,8 +415,7 @@ def test_deactivate_ends_the_track_with_a_stopped_status():
 def test_diagnostics_report_the_track_state_rate_and_counters():
     service, segmenter, sink, clock = tracking_service()
     assert diagnostics(service, sink)["track_state"] == "idle"
-    service.on_image(frame(0))
-    service.on_query("the thing")
+    seed(service, segmenter)
     for index in (1, 2, 3):
         clock.now = T0 + index / 10
         service.on_image(frame(index))
