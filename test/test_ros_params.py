@@ -9,8 +9,8 @@ import yaml
 
 from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError, flatten, parameter_specs, read_params_file
+from lens_ros.lens_node import build_parser, overrides, rcl_arguments, split_ros_args
 from lens_ros.lens_node import main as lens_node_main
-from lens_ros.lens_node import split_ros_args
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "lens.yaml"
 
@@ -112,6 +112,14 @@ def test_ros_args_are_split_off_for_rclpy():
     own, ros = split_ros_args(["--transport", "ros", "--ros-args", "-r", "__ns:=/x", "--params-file", "p.yaml"])
     assert own == ["--transport", "ros"]
     assert ros == ["--ros-args", "-r", "__ns:=/x", "--params-file", "p.yaml"]
+
+
+def test_lens_node_tracking_shortcut_sets_tracking_enabled_and_is_absent_by_default():
+    assert overrides(build_parser().parse_args([])) == {}
+    args = build_parser().parse_args(["--tracking"])
+    assert overrides(args) == {"tracking.enabled": True}
+    assert LensParams.from_ros(overrides(args)).tracking
+    assert rcl_arguments(args, []) == ["--ros-args", "-p", "tracking.enabled:=True"]
 
 
 def test_lens_node_exits_with_a_message_on_a_bad_parameter(tmp_path, caplog):
