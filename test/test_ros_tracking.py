@@ -12,10 +12,14 @@ import pytest
 from ros_fixtures import (
     KIT, FakeSegmenter, ManualClock, RecordingSink, image_msg, make_service, marked, raw_image_msg, wait_until)
 
-from lens_ros.core.frames import Stamp
+from lens_ros.core.frames import Frame, LatestFrameBuffer, Stamp
+from lens_ros.core.outcome import QueryOutcome
 from lens_ros.core.params import LensParams
-from lens_ros.core.publishing import Output, output_topics
+from lens_ros.core.publishing import Output, TrackPublisher, output_topics
+from lens_ros.core.queries import Query
 from lens_ros.core.service import LensService
+from lens_ros.core.stats import NodeStats
+from lens_ros.core.tracking import Tracking
 
 T0 = 1000.0
 TRACK_OUTPUTS = (Output.TRACK_MASK, Output.TRACK_DETECTIONS, Output.TRACK_STATUS)
@@ -426,3 +430,28 @@ def test_diagnostics_report_the_track_state_rate_and_counters():
     assert float(values["last_track_step_ms"]) >= 0
     clock.now += 5.0
     assert diagnostics(service, sink)["track_rate_hz"] == "0.0"
+
+
+def test_a_stop_while_a_reacquisition_is_being_made_still_cancels_it():
+    """The re-acquisition of a lost track belongs to the epoch the step started in, even if a stop comes
+    between the lost status and the new query."""
+    segmenter, frames, sink = FakeSegmenter(), LatestFrameBuffer(), RecordingSink()
+    segmenter.fake_tracker.lost_at = {1}
+    tracking: Tracking | None = None
+
+    def new_id_meanwhile_stopped() -> int:
+        tracking.stop("stop requested by a test")
+        return 2
+
+    params = LensParams.from_ros({"tracking.enabled": True})
+    tracking = Tracking(segmenter.fake_tracker, params, frames, TrackPublisher(KIT, sink), NodeStats(), ManualClock(),
+                        new_id_meanwhile_stopped, rate_limited=False)
+    frames.put(Frame.from_msg(frame(0), compressed=False, received_s=0.0))
+    seed_frame = frames.take_latest()
+    query = Query(1, "the thing", 0.0)
+    tracking.after_query(query, QueryOutcome(1, "the thing", "ok", frame=seed_frame,
+                                             result=segmenter.predict(marked(0), "the thing")), marked(0))
+    frames.put(Frame.from_msg(frame(1), compressed=False, received_s=0.0))
+    _, reacquisition = tracking.step()
+    assert [s["status"] for s in statuses(sink)] == ["lost"]
+    assert reacquisition.trigger == "lost" and not tracking.wants(reacquisition)

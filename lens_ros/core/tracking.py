@@ -115,7 +115,8 @@ class Tracking:
     def step(self) -> tuple[float, Query | None]:
         """One track step on the newest frame, if there is a track, a frame it has not run on, and the rate
         allows. Returns how long the caller may wait before the next call, and a re-acquisition query to run."""
-        track = self._track
+        with self._lock:  # a re-acquisition belongs to this epoch: a stop from now on cancels it
+            track, epoch = self._track, self._epoch
         if track is None:
             if self._tracker.active:  # ended by a stop or a failed query: free the tracker's state here
                 self._tracker.stop()
@@ -125,7 +126,7 @@ class Tracking:
         # Due again only after this query ran: the worker runs a waiting query before the next step, and
         # the query replaces or ends this track.
         if period > 0 and now - track.seeded_s >= period:
-            return 0.0, self._reacquire(track, PERIOD, now)
+            return 0.0, self._reacquire(track, PERIOD, now, epoch)
         if self._last_step_s is not None and 0 <= now - self._last_step_s < self._min_period_s:
             return self._last_step_s + self._min_period_s - now, None
         frame = self._frames.take_newer(track.last_seq)
@@ -146,7 +147,7 @@ class Tracking:
             if event.status != LOST:
                 self._publisher.publish(self._stopped(track, output.ended))
         if event.status == LOST and self._params.reacquire_on_lost:
-            return 0.0, self._reacquire(track, LOST_TRIGGER, now)
+            return 0.0, self._reacquire(track, LOST_TRIGGER, now, epoch)
         return 0.0, None
 
     def _step_on(self, track: Track, frame: Frame) -> StepOutput:
@@ -184,9 +185,9 @@ class Tracking:
         event.status, event.mask_area = TRACKING, int(step.mask.sum())
         return StepOutput(event, step.mask)
 
-    def _reacquire(self, track: Track, trigger: str, now: float) -> Query:
+    def _reacquire(self, track: Track, trigger: str, now: float, epoch: int) -> Query:
         self._stats.track_reacquired()
-        return Query(self._new_id(), track.query.text, now, trigger, track.query.origin, self._epoch)
+        return Query(self._new_id(), track.query.text, now, trigger, track.query.origin, epoch)
 
     def _end(self, reason: str, epoch: int) -> None:
         """End the current track (if any, and unless a stop came first), publishing why."""
