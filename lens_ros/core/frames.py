@@ -48,8 +48,8 @@ class Frame:
 class LatestFrameBuffer:
     """Holds only the newest frame: a frame arriving while inference runs replaces the buffered one.
 
-    ``replaced_unused`` counts frames that were overwritten before any query looked at them; with
-    query-triggered inference most frames are never used, so this is a rate, not an error count.
+    ``replaced_unused`` counts frames that were overwritten before any query or track step took them;
+    with query-triggered inference most frames are never used, so this is a rate, not an error count.
     """
 
     def __init__(self) -> None:
