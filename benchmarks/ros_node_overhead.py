@@ -4,7 +4,8 @@
 
 Every frame: DDS deserialisation of the sensor_msgs/Image and buffering (what the receive thread
 pays at camera rate). Every query: decoding the buffered frame (rgb8, bgr8, JPEG), building and
-serialising mask, detections, reasoning and result, and the optional debug overlay.
+serialising mask, detections, reasoning and result, and the optional debug overlay. Every tracked frame
+(tracking.enabled): decoding it and building and serialising its track mask, detections and status.
 No model runs; the SegmentationResult is built directly with a rectangular mask.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ from lens_model.result import SegmentationResult
 from lens_ros.core import messages
 from lens_ros.core.frames import Frame, LatestFrameBuffer, Stamp
 from lens_ros.core.image_codec import compressed_msg_to_rgb, encode_image, image_msg_to_rgb
-from lens_ros.core.outcome import QueryOutcome
-from lens_ros.core.publishing import OutcomePublisher, RateLimiter
+from lens_ros.core.outcome import TRACKING, QueryOutcome, TrackEvent
+from lens_ros.core.publishing import OutcomePublisher, RateLimiter, TrackPublisher
 from lens_ros.msgs import idl
 
 KIT = idl.dds_kit()
@@ -65,6 +66,9 @@ def stages(height: int, width: int) -> dict[str, Callable[[], object]]:
     def serialise(_output, msg) -> None:
         msg.serialize()
 
+    event = TrackEvent(1, 1, "the red box", TRACKING, frame=frame, score=0.9, box=result.box,
+                       mask_area=int(mask.sum()))
+    track_publisher = TrackPublisher(KIT, serialise)
     publisher = OutcomePublisher(KIT, serialise, None)
     debug_publisher = OutcomePublisher(KIT, serialise, RateLimiter(1e9, time.perf_counter))
     return {
@@ -75,6 +79,7 @@ def stages(height: int, width: int) -> dict[str, Callable[[], object]]:
         "query: decode JPEG q90": lambda: compressed_msg_to_rgb(jpeg_msg),
         "query: build + serialise outputs": lambda: publisher.publish(outcome, rgb),
         "query: same, with debug overlay": lambda: debug_publisher.publish(outcome, rgb),
+        "tracked frame: build + serialise track outputs": lambda: track_publisher.publish(event, mask, "red box"),
         "(reference) DDS serialise input Image": rgb_msg.serialize,
     }
 

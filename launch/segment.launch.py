@@ -1,6 +1,7 @@
 """Start lens_node, a lifecycle node that configures and activates itself (parameter autostart).
 
     ros2 launch lens_ros segment.launch.py image_topic:=/camera/color/image_raw model:=OuyBin/LENS device:=cuda
+    ros2 launch lens_ros segment.launch.py tracking:=true     # masks on every frame after a query
 
 Empty arguments leave the value of the parameters file in place. The launch has no side effects:
 it installs nothing and downloads nothing.
@@ -33,6 +34,7 @@ def _lens_node(context):
         device=arg("device"),
         image_topic=arg("image_topic"),
         debug_image=_parse_bool("debug_image", LaunchConfiguration("debug_image").perform(context)),
+        tracking=_parse_bool("tracking", LaunchConfiguration("tracking").perform(context)),
     )
     return [Node(
         package="lens_ros",
@@ -59,5 +61,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device", default_value="", description="cpu, cuda, cuda:1 ... (empty: model.device)"),
         DeclareLaunchArgument("debug_image", default_value="",
                               description="true/false: publish the overlay image (empty: debug_image.enabled)"),
+        DeclareLaunchArgument("tracking", default_value="",
+                              description="true/false: track each query's target on every later frame "
+                                          "(empty: tracking.enabled)"),
         OpaqueFunction(function=_lens_node),
     ])

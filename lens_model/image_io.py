@@ -135,6 +135,14 @@ def read_image_file(path: str | os.PathLike[str], *, apply_exif_orientation: boo
         raise InputError(f"image {shown}: {exc}") from None
 
 
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 image (grey, or BGR as OpenCV stores colour)."""
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise OSError("could not encode a PNG")
+    return encoded.tobytes()
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
     """A path as text any terminal or JSON reader takes: bytes that are not UTF-8 become \\xNN."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

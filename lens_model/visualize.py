@@ -1,10 +1,10 @@
-"""Drawing a segmentation result onto its image (CLI overlay, ROS debug image)."""
+"""Drawing a segmentation result onto its image (CLI overlay, ROS debug image, video overlay)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from lens_model.result import SegmentationResult
+from lens_model.result import Box, SegmentationResult
 
 MASK_COLOUR = (255, 40, 40)  # RGB
 BOX_COLOUR = (40, 220, 40)
@@ -13,19 +13,30 @@ BOX_COLOUR = (40, 220, 40)
 def draw_overlay(image: np.ndarray, result: SegmentationResult, alpha: float = 0.5) -> np.ndarray:
     """RGB uint8 image with the mask tinted, the box drawn and the label and score written above it
     (or, without a box, why there is none)."""
+    if result.box is not None:
+        caption = f"{result.label or result.query} {result.score:.2f}"
+    else:
+        caption = f"no box: {result.box_status}"
+    return draw_mask_and_box(image, result.mask, result.box, caption, alpha)
+
+
+def draw_mask_and_box(image: np.ndarray, mask: np.ndarray, box: Box | None, caption: str,
+                      alpha: float = 0.5) -> np.ndarray:
+    """RGB uint8 image with ``mask`` tinted, ``box`` drawn and ``caption`` written above the box (at the
+    bottom left without a box)."""
     out = image.copy()
-    if result.mask.any():
+    if mask.any():
         tint = np.array(MASK_COLOUR, np.float32)
-        out[result.mask] = (out[result.mask].astype(np.float32) * (1 - alpha) + tint * alpha).round().astype(np.uint8)
+        out[mask] = (out[mask].astype(np.float32) * (1 - alpha) + tint * alpha).round().astype(np.uint8)
     height, width = image.shape[:2]
     thickness = max(1, round(min(height, width) / 200))
     scale = max(0.35, min(height, width) / 600)
-    if result.box is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in result.box)
+    if box is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), BOX_COLOUR, thickness)
-        caption, x, y_top, y_bottom = f"{result.label or result.query} {result.score:.2f}", x1, y1, y2
+        x, y_top, y_bottom = x1, y1, y2
     else:
-        caption, x, y_top, y_bottom = f"no box: {result.box_status}", 2, height, 0
+        x, y_top, y_bottom = 2, height, 0
     (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     ty = y_top - 4 if y_top - th - 4 >= 0 else min(height - 1, y_bottom + th + 4)
     cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), (0, 0, 0), cv2.FILLED)

@@ -2,11 +2,14 @@
 
     lens-bag --input IN_BAG --image-topic /camera/image_raw --query "the red cup" --output OUT_BAG
     lens-bag --input IN_BAG --image-topic /camera/image_raw --query-topic /lens/query --output OUT_BAG
+    lens-bag --input IN_BAG --image-topic /camera/image_raw --query "the red cup" --track --output OUT_BAG
 
 With ``--query`` the text runs on every ``--stride``-th frame; with ``--query-topic`` each recorded
-query runs on the newest frame at its time, as in the live node. No ROS install is needed
-(rosbags reads and writes rosbag2 sqlite3 and MCAP). Queries run one after the other, nothing
-is dropped, and bag time is the clock (for frame age and diagnostics).
+query runs on the newest frame at its time, as in the live node. With ``--track`` (tracking.enabled)
+the target of a query is tracked on every later frame, and ``--query`` runs on the first frame only
+unless ``--stride`` is given. No ROS install is needed (rosbags reads and writes rosbag2 sqlite3 and
+MCAP). Queries and track steps run one after the other, nothing is dropped, and bag time is the clock
+(for frame age, re-acquisition periods and diagnostics).
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ from lens_model.errors import LensError
 from lens_ros.core.names import resolve_topic
 from lens_ros.core.outcome import ERROR, NO_BOX, OK
 from lens_ros.core.params import LensParams, ParameterError, command_line_overrides, read_params_file
+from lens_ros.core.outcome import LOST, TRACKING
 from lens_ros.core.publishing import OUTPUT_TYPES, Output, output_topics
-from lens_ros.core.segmenter import load_segmenter
+from lens_ros.core.segmenter import TrackerOpener, load_segmenter, open_tracker
 from lens_ros.core.service import LensService, Loader
 from lens_ros.msgs.rosbags_types import lens_typestore, rosbags_kit
 
@@ -84,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, type=Path, help="input rosbag2 directory (sqlite3 or MCAP)")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic to segment")
     queries = parser.add_mutually_exclusive_group(required=True)
-    queries.add_argument("--query", help="run this text on every --stride-th frame")
+    queries.add_argument("--query", help="run this text on every --stride-th frame (with --track: the first frame)")
     queries.add_argument("--query-topic", help="std_msgs/String topic in the input bag holding the queries")
     parser.add_argument("--output", required=True, type=Path, help="output bag directory (must not exist)")
     parser.add_argument("--storage", choices=sorted(STORAGES), default="sqlite3",
                         help="output storage (default sqlite3)")
-    parser.add_argument("--stride", type=int, default=1, help="with --query: segment every N-th frame (default 1)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="with --query: segment every N-th frame (default 1; with --track, only the first "
+                             "frame unless given: the track fills the frames in between)")
+    parser.add_argument("--track", action="store_true",
+                        help="track the target of each query on every later frame (tracking.enabled), writing "
+                             "the track topics: masks for the whole recording from one query")
     parser.add_argument("--params-file", help="ROS 2 parameters YAML, as for lens_node")
     parser.add_argument("--namespace", default="/lens", help="namespace of the output topics (default /lens)")
     parser.add_argument("--model", help="override model.name")
@@ -101,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_params(args: argparse.Namespace) -> LensParams:
     values = read_params_file(args.params_file, "lens_node", args.namespace) if args.params_file else {}
-    values.update(command_line_overrides(model=args.model, device=args.device, debug_image=args.debug_image or None))
+    values.update(command_line_overrides(model=args.model, device=args.device, debug_image=args.debug_image or None,
+                                         tracking=args.track or None))
     return LensParams.from_ros(values)
 
 
@@ -119,9 +129,10 @@ def input_image_type(reader: AnyReader, args: argparse.Namespace) -> str:
     return image_type
 
 
-def replay(args: argparse.Namespace, params: LensParams, load: Loader = load_segmenter) -> dict[str, int]:
-    """Run the replay; returns how many results of each status were written."""
-    if args.stride < 1:
+def replay(args: argparse.Namespace, params: LensParams, load: Loader = load_segmenter,
+           track: TrackerOpener = open_tracker) -> dict[str, int]:
+    """Run the replay; returns how many results of each status, and of tracked and lost frames, were written."""
+    if args.stride is not None and args.stride < 1:
         raise BagError("--stride must be >= 1")
     if not args.input.exists():
         raise BagError(f"input bag {args.input} does not exist")
@@ -131,18 +142,23 @@ def replay(args: argparse.Namespace, params: LensParams, load: Loader = load_seg
     clock = BagClock()
     with AnyReader([args.input], default_typestore=typestore) as reader:
         image_type = input_image_type(reader, args)
-        segmenter = load(params.model_name, params.device, params.dtype)  # fail before creating the output bag
+        # fail before creating the output bag
+        segmenter = load(params.model_name, params.device, params.dtype)
+        tracker = track(segmenter, params) if params.tracking else None
         with Writer(args.output, version=8, storage_plugin=STORAGES[args.storage]) as writer:
             sink = BagSink(writer, typestore, OutputTopics.from_params(params, args.namespace, "lens_node"), clock)
             service = LensService(params, rosbags_kit(typestore), sink, clock, image_source=args.image_topic,
-                                  load=lambda *_: segmenter, synchronous=True)
+                                  load=lambda *_: segmenter, track=lambda *_: tracker, synchronous=True)
             service.activate()
             try:
                 _replay_messages(reader, args, service, clock, image_type)
+                if params.tracking:
+                    service.stop_tracking("end of the input bag")
                 service.publish_diagnostics()
             finally:
                 service.deactivate()
-    return dict(service.stats.results)
+    events = service.stats.track_events
+    return {**service.stats.results, "tracked": events[TRACKING], "lost": events[LOST]}
 
 
 def _replay_messages(reader: AnyReader, args: argparse.Namespace, service: LensService, clock: BagClock,
@@ -150,6 +166,7 @@ def _replay_messages(reader: AnyReader, args: argparse.Namespace, service: LensS
     connections = [c for c in reader.connections if c.topic in (args.image_topic, args.query_topic)]
     total = sum(c.msgcount for c in connections)
     on_frame = service.on_compressed_image if image_type == COMPRESSED_IMAGE else service.on_image
+    stride = args.stride or (0 if service.params.tracking else 1)  # 0: the first frame only
     frames_seen = 0
     next_diagnostics_ns = None
     period_ns = int(service.params.diagnostics_period_s * 1e9)
@@ -160,7 +177,7 @@ def _replay_messages(reader: AnyReader, args: argparse.Namespace, service: LensS
         if connection.topic == args.image_topic:
             on_frame(msg)
             frames_seen += 1
-            if args.query is not None and (frames_seen - 1) % args.stride == 0:
+            if args.query is not None and (frames_seen == 1 or stride and (frames_seen - 1) % stride == 0):
                 service.on_query(args.query)
         else:
             service.on_query(msg.data)
@@ -177,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BagError, ParameterError, LensError, AnyReaderError, WriterError) as exc:
         log.error("%s", exc)
         return 2
-    print(f"wrote {args.output}: {statuses[OK]} ok, {statuses[NO_BOX]} no_box, {statuses[ERROR]} error results")
+    print(f"wrote {args.output}: {statuses[OK]} ok, {statuses[NO_BOX]} no_box, {statuses[ERROR]} error results"
+          f"; {statuses['tracked']} tracked frames, {statuses['lost']} lost")
     return 0
 
 

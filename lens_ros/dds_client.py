@@ -40,7 +40,8 @@ KIT = idl.dds_kit()
 
 
 class LensDdsClient:
-    """Publishers for frames and queries, and a background thread collecting every output."""
+    """Publishers for frames, queries and track stops, and a background thread collecting every output
+    (the track outputs too, which a node publishes with tracking.enabled)."""
 
     def __init__(self, params: LensParams | None = None, namespace: str = "/lens", domain_id: int | None = None):
         p = params or LensParams()
@@ -57,12 +58,17 @@ class LensDdsClient:
         # As deep as the node's query reader and result writer, so that a burst is not overwritten here either.
         self.query_writer = DataWriter(self.participant, topic(p.query_topic, idl.String),
                                        qos=ros_qos("reliable", p.query_depth))
+        self.stop_writer = DataWriter(self.participant, topic(p.track_stop_topic, idl.String),
+                                      qos=ros_qos("reliable", 1))
         inputs = {  # name: (topic, type, history depth)
             "mask": (p.mask_topic, idl.Image, p.output_depth),
             "detections": (p.detections_topic, idl.Detection2DArray, p.output_depth),
             "reasoning": (p.reasoning_topic, idl.String, p.output_depth),
             "result": (p.result_topic, idl.String, p.result_depth),
             "diagnostics": (p.diagnostics_topic, idl.DiagnosticArray, p.output_depth),
+            "track_mask": (p.track_mask_topic, idl.Image, p.output_depth),
+            "track_detections": (p.track_detections_topic, idl.Detection2DArray, p.output_depth),
+            "track_status": (p.track_status_topic, idl.String, p.output_depth),
         }
         # KEEP_LAST, not KEEP_ALL: a reader of a closed client that refused samples would stall delivery to
         # the other readers in this process.
@@ -102,6 +108,13 @@ class LensDdsClient:
 
     def results(self) -> list[dict[str, Any]]:
         return [json.loads(sample.data) for sample in self.received("result")]
+
+    def track_statuses(self) -> list[dict[str, Any]]:
+        return [json.loads(sample.data) for sample in self.received("track_status")]
+
+    def stop_tracking(self) -> None:
+        """Ask the node to stop its track; it answers with a ``stopped`` track status if one was running."""
+        self.stop_writer.write(idl.String(data="stop"))
 
     def node_is_listening(self) -> bool:
         """True once the node's image and query subscriptions and result publisher are matched."""

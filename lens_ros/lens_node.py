@@ -1,7 +1,7 @@
 """``lens_node``: the LENS segmentation node, over rclpy (default) or straight over CycloneDDS.
 
     lens_node [--transport ros] [--ros-args ...]            # what ``ros2 run`` and launch files do
-    lens_node --transport dds --params-file config/lens.yaml [--namespace /lens] [--model NAME] ...
+    lens_node --transport dds --params-file config/lens.yaml [--namespace /lens] [--model NAME] [--tracking] ...
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="override model.name")
     parser.add_argument("--device", help="override model.device")
     parser.add_argument("--image-topic", help="override topics.image")
+    parser.add_argument("--tracking", action="store_true", default=None,
+                        help="set tracking.enabled: track each query's target on every later frame")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -46,7 +48,8 @@ def split_ros_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def overrides(args: argparse.Namespace) -> dict[str, str]:
-    return command_line_overrides(model=args.model, device=args.device, image_topic=args.image_topic)
+    return command_line_overrides(model=args.model, device=args.device, image_topic=args.image_topic,
+                                  tracking=args.tracking)
 
 
 def run_dds(args: argparse.Namespace) -> int:

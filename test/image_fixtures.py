@@ -58,3 +58,14 @@ def jpeg_claiming(width: int, height: int) -> bytes:
 def refuse_to_decode(*args, **kwargs):
     """Stands in for cv2.imdecode where an image must be refused from its header alone."""
     raise AssertionError("the decoder ran on an image that should have been refused from its header")
+
+
+def write_video(path, frames: list[np.ndarray], fourcc: str = "FFV1", fps: float = 10.0) -> None:
+    """RGB frames into a video file. FFV1 (in .mkv) is lossless, so a frame's pixels, markers included,
+    decode exactly; mp4v (in .mp4) is what most users have."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc} here"
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()

@@ -43,6 +43,7 @@ def ros_import(module: str) -> ModuleType:
 
 ros_import("rclpy")
 ros_import("vision_msgs.msg")
+ros_import("std_srvs.srv")
 
 import rclpy  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
@@ -51,6 +52,7 @@ from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 from lens_ros.core import messages  # noqa: E402
 from lens_ros.core.frames import Stamp  # noqa: E402
@@ -69,7 +71,7 @@ def ros_environment() -> AbstractContextManager[None]:
 
 class Peer:
     """A real rclpy node in the test process (own context): publishes frames and queries, records
-    every output, and calls the node's lifecycle and parameter services."""
+    every output (the track outputs too), and calls the node's lifecycle, parameter and stop services."""
 
     def __init__(self, namespace: str = "/lens", node_name: str = "lens_node", result_depth: int = 1000) -> None:
         self.context = Context()
@@ -80,7 +82,8 @@ class Peer:
         self.kit = ros_kit()
         self.received: dict[str, list[Any]] = defaultdict(list)
         types = {"result": self.kit.String, "mask": self.kit.Image, "detections": self.kit.Detection2DArray,
-                 "reasoning": self.kit.String}
+                 "reasoning": self.kit.String, "track/mask": self.kit.Image,
+                 "track/detections": self.kit.Detection2DArray, "track/status": self.kit.String}
         for name, msg_type in types.items():
             depth = result_depth if name == "result" else 100
             self._record(msg_type, f"{namespace}/{name}", name, qos_profile("reliable", depth))
@@ -94,6 +97,7 @@ class Peer:
             "get_state": self.node.create_client(GetState, f"{base}/get_state"),
             "get_parameters": self.node.create_client(GetParameters, f"{base}/get_parameters"),
             "set_parameters": self.node.create_client(SetParameters, f"{base}/set_parameters"),
+            "stop_tracking": self.node.create_client(Trigger, f"{base}/stop_tracking"),
         }
 
     def _record(self, msg_type: type, topic: str, name: str, qos: Any) -> None:

@@ -7,16 +7,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lens_model.result import SegmentationResult
+from lens_model.errors import InputError
+from lens_model.result import Box, SegmentationResult
 from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
 from lens_ros.core.image_codec import encode_image
 from lens_ros.core.params import LensParams
 from lens_ros.core.publishing import Output
+from lens_ros.core.segmenter import tracker_fields
 from lens_ros.core.service import LensService
 from lens_ros.msgs.rosbags_types import lens_typestore, rosbags_kit
 from lens_ros.transports.dds import LOOPBACK_CYCLONEDDS_URI
@@ -29,11 +32,86 @@ class OutOfMemoryError(RuntimeError):
     """Named like torch.cuda.OutOfMemoryError, which the node recognises by name."""
 
 
+@dataclass
+class FakeTrackStep:
+    """lens_model.tracker.TrackStep, as the node reads it."""
+
+    mask: np.ndarray
+    box: Box | None
+    score: float
+    lost: bool
+    timings_ms: dict[str, float]
+
+
+class FakeTracker:
+    """Test double of lens_model.tracker.LensTracker. Frames carry their index in pixel [0, 0, 0] (``marked``):
+    a step's mask is the 4x4 square at (index, index), so a published mask tells which frame the step ran on.
+
+    Per frame index: ``lost_at`` reports lost, ``fail_at`` raises RuntimeError, ``bad_mask_at`` returns
+    a mask one row too tall. A frame of another size than the seed frame is refused with InputError, as
+    the real tracker refuses a bad frame (state unchanged). ``gate`` (if set) holds each start and step
+    until it is set.
+    """
+
+    def __init__(self, activity: list[tuple[str, int]]) -> None:
+        self.activity = activity  # shared with the segmenter: what ran, in order
+        self.lost_at: set[int] = set()
+        self.fail_at: set[int] = set()
+        self.bad_mask_at: set[int] = set()
+        self.gate: threading.Event | None = None
+        self.starting = threading.Event()
+        self.stepping = threading.Event()
+        self.started_on: list[int] = []  # index of each seed frame
+        self.seed_masks: list[np.ndarray] = []
+        self.stepped: list[int] = []  # index of each frame a step ran on
+        self.threads: list[threading.Thread] = []
+        self.stops = 0
+        self._shape: tuple[int, ...] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._shape is not None
+
+    def start(self, image: np.ndarray, mask: np.ndarray) -> None:
+        if not mask.any():
+            raise InputError("the mask to track is empty")
+        self.starting.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        self.started_on.append(int(image[0, 0, 0]))
+        self.seed_masks.append(mask.copy())
+        self._shape = image.shape
+
+    def step(self, image: np.ndarray) -> FakeTrackStep:
+        assert self._shape is not None, "step before start"
+        index = int(image[0, 0, 0])
+        self.activity.append(("step", index))
+        self.stepped.append(index)
+        self.threads.append(threading.current_thread())
+        self.stepping.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        if image.shape != self._shape:
+            raise InputError(f"frame of shape {image.shape} does not match the track's {self._shape}")
+        if index in self.fail_at:
+            raise RuntimeError("boom inside the tracker")
+        height, width = image.shape[:2]
+        mask = np.zeros((height + (index in self.bad_mask_at), width), dtype=bool)
+        mask[index:index + 4, index:index + 4] = True
+        lost = index in self.lost_at
+        return FakeTrackStep(mask, (float(index), float(index), index + 4.0, index + 4.0), 0.1 if lost else 0.9,
+                             lost, {"track_step": 1.5})
+
+    def stop(self) -> None:
+        self.stops += 1
+        self._shape = None
+
+
 class FakeSegmenter:
     """Test double: the box is the top-left quarter of the image, the mask that box, label "thing".
 
     ``behaviour`` may be "ok", "no_box", "raise", "oom" or "bad_mask"; ``gate`` (if set) makes
-    predict wait until it is set, to hold the worker busy.
+    predict wait until it is set, to hold the worker busy. ``tracker()`` is its one FakeTracker.
     """
 
     def __init__(self, behaviour: str = "ok", gate: threading.Event | None = None) -> None:
@@ -43,12 +121,27 @@ class FakeSegmenter:
         self.images: list[np.ndarray] = []
         self.threads: list[threading.Thread] = []  # the thread each predict ran on
         self.started = threading.Event()
+        self.activity: list[tuple[str, int]] = []  # ("predict", frame index) / ("done", frame index) and steps
+        self.fake_tracker = FakeTracker(self.activity)
+        self.tracker_args: list[tuple[Any, str | None]] = []
 
     def describe(self) -> dict[str, Any]:
         return {"name": "fake", "device": "cpu", "dtype": "float32", "random_weights": False}
 
+    def tracker(self, config: Any = None, memory_weights: str | None = None) -> FakeTracker:
+        self.tracker_args.append((config, memory_weights))
+        return self.fake_tracker
+
     def predict(self, image_rgb: np.ndarray, query: str, *, template: str | None = None,
                 max_new_tokens: int | None = None) -> SegmentationResult:
+        self.activity.append(("predict", int(image_rgb[0, 0, 0])))
+        try:
+            return self._predict(image_rgb, query, template, max_new_tokens)
+        finally:
+            self.activity.append(("done", int(image_rgb[0, 0, 0])))
+
+    def _predict(self, image_rgb: np.ndarray, query: str, template: str | None,
+                 max_new_tokens: int | None) -> SegmentationResult:
         self.calls.append((image_rgb.shape, query, template, max_new_tokens))
         self.images.append(image_rgb.copy())
         self.threads.append(threading.current_thread())
@@ -105,11 +198,16 @@ class RecordingSink:
         return self.results()
 
 
+def open_fake_tracker(segmenter: FakeSegmenter, params: LensParams) -> FakeTracker:
+    """lens_ros.core.segmenter.open_tracker without lens_model.tracker: the fake gets TrackerConfig's fields."""
+    return segmenter.tracker(tracker_fields(params), params.track_memory_weights or None)
+
+
 def make_service(segmenter: FakeSegmenter, clock: ManualClock, sink: RecordingSink, *, synchronous: bool = False,
                  **overrides: Any) -> LensService:
     params = LensParams.from_ros({**{"model.name": "fake"}, **overrides})
     return LensService(params, KIT, sink, clock, image_source="/camera/image_raw",
-                       load=lambda name, device, dtype: segmenter, synchronous=synchronous)
+                       load=lambda name, device, dtype: segmenter, track=open_fake_tracker, synchronous=synchronous)
 
 
 def image_msg(pixels: np.ndarray, encoding: str, stamp_s: float, frame_id: str = "camera", kit: Any = KIT) -> Any:
@@ -129,6 +227,13 @@ def pattern_image(height: int = 48, width: int = 64) -> np.ndarray:
     """An RGB image whose pixels all differ, so channel swaps and row shifts show up."""
     y, x = np.mgrid[0:height, 0:width]
     return np.stack([(x * 4) % 256, (y * 5) % 256, (x + y * 3) % 256], axis=-1).astype(np.uint8)
+
+
+def marked(index: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """pattern_image with the frame's index in pixel [0, 0, 0], where FakeTracker and FakeSegmenter read it."""
+    pixels = pattern_image(height, width)
+    pixels[0, 0, 0] = index
+    return pixels
 
 
 def unique_domain_id(offset: int = 0) -> int:

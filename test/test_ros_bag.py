@@ -7,10 +7,11 @@ from pathlib import Path
 import cv2
 import pytest
 from image_fixtures import png_claiming, refuse_to_decode
-from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, image_msg, pattern_image
+from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, image_msg, open_fake_tracker, pattern_image
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from lens_model.errors import InputError
 from lens_ros.bag import build_parser, load_params, main, replay
 from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
@@ -55,9 +56,61 @@ def input_bag(tmp_path) -> Path:
     return path
 
 
-def run(argv: list[str], segmenter: FakeSegmenter):
+def run(argv: list[str], segmenter: FakeSegmenter, track=open_fake_tracker):
     args = build_parser().parse_args([*argv, "--no-progress"])
-    return replay(args, load_params(args), load=lambda name, device, dtype: segmenter)
+    return replay(args, load_params(args), load=lambda name, device, dtype: segmenter, track=track)
+
+
+def track_statuses(topics: dict[str, list]) -> list[tuple[int, dict]]:
+    return [(t, json.loads(msg.data)) for t, msg in topics.get("/lens/track/status", [])]
+
+
+def test_track_gives_masks_for_every_frame_after_one_query_stamped_per_frame(tmp_path, input_bag):
+    output = tmp_path / "out"
+    segmenter = FakeSegmenter()
+    statuses = run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "the cup",
+                    "--track", "--output", str(output)], segmenter)
+    assert statuses == {"ok": 1, "no_box": 0, "error": 0, "tracked": 3, "lost": 0}
+    assert segmenter.fake_tracker.started_on == [0] and segmenter.fake_tracker.stepped == [1, 2, 3]
+    topics = read_bag(output)
+    assert len(topics["/lens/result"]) == len(topics["/lens/mask"]) == 1  # the query ran on the first frame only
+    *tracked, (t_end, end) = track_statuses(topics)
+    assert (t_end, end["status"], end["reason"]) == (int(FRAME_STAMPS[3] * 1e9), "stopped", "end of the input bag")
+    for index, (t_mask, mask), (t_det, detections), (t_status, status) in zip(
+            (1, 2, 3), topics["/lens/track/mask"], topics["/lens/track/detections"], tracked, strict=True):
+        stamp = Stamp.from_seconds(FRAME_STAMPS[index])
+        assert t_mask == t_det == t_status == int(FRAME_STAMPS[index] * 1e9)  # written at the frame's bag time
+        assert (mask.header.stamp.sec, mask.header.stamp.nanosec, mask.header.frame_id) == (
+            stamp.sec, stamp.nanosec, f"f{index}")
+        assert detections.header == mask.header and detections.detections[0].id == "1"
+        assert (status["status"], status["frame_id"], status["query_id"]) == ("tracking", f"f{index}", 1)
+        assert status["stamp"] == {"sec": stamp.sec, "nanosec": stamp.nanosec}
+
+
+def test_track_with_recorded_queries_and_with_a_stride(tmp_path, input_bag):
+    segmenter = FakeSegmenter()
+    output = tmp_path / "topic"
+    run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query-topic", "/lens/query", "--track",
+         "--output", str(output)], segmenter)
+    # query 1 after frame 1, its track on frames 2 and 3, then query 2 on frame 3
+    assert segmenter.fake_tracker.started_on == [1, 3]
+    assert [(s["frame_id"], s["query_id"], s["status"]) for _, s in track_statuses(read_bag(output))] == [
+        ("f2", 1, "tracking"), ("f3", 1, "tracking"), (None, 2, "stopped")]
+    segmenter = FakeSegmenter()
+    run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "the cup", "--track",
+         "--stride", "2", "--output", str(tmp_path / "stride")], segmenter)
+    assert segmenter.fake_tracker.started_on == [0, 2] and segmenter.fake_tracker.stepped == [1, 2, 3]
+
+
+def test_a_tracker_that_cannot_be_opened_leaves_no_output_bag(tmp_path, input_bag):
+    def refuse(segmenter, params):
+        raise InputError("tracking.memory_weights /w/sam2.pt does not exist")
+
+    output = tmp_path / "out"
+    with pytest.raises(InputError):
+        run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "x", "--track",
+             "--output", str(output)], FakeSegmenter(), track=refuse)
+    assert not output.exists()
 
 
 @pytest.mark.parametrize("image_topic", ["/camera/image_raw", "/camera/image_raw/compressed"])
@@ -66,7 +119,7 @@ def test_recorded_queries_run_on_the_newest_frame_and_all_outputs_are_written(tm
     segmenter = FakeSegmenter()
     statuses = run(["--input", str(input_bag), "--image-topic", image_topic, "--query-topic", "/lens/query",
                     "--output", str(output), "--debug-image"], segmenter)
-    assert statuses == {"ok": 2, "no_box": 0, "error": 0}
+    assert statuses == {"ok": 2, "no_box": 0, "error": 0, "tracked": 0, "lost": 0}
     assert [int(image[0, 0, 0]) for image in segmenter.images] == [1, 3]
     topics = read_bag(output)
     assert {"/lens/mask", "/lens/detections", "/lens/reasoning", "/lens/result", "/lens/debug_image",
@@ -146,6 +199,6 @@ def test_a_compressed_frame_over_the_pixel_budget_becomes_an_error_result_withou
     segmenter = FakeSegmenter()
     statuses = run(["--input", str(source), "--image-topic", "/camera/compressed", "--query", "x",
                     "--output", str(output)], segmenter)
-    assert statuses == {"ok": 0, "no_box": 0, "error": 1} and not segmenter.calls
+    assert statuses == {"ok": 0, "no_box": 0, "error": 1, "tracked": 0, "lost": 0} and not segmenter.calls
     (_, result), = read_bag(output)["/lens/result"]
     assert "30000x30000 = 900.0 MP is over the pixel budget of 50 MP" in json.loads(result.data)["error"]

@@ -19,4 +19,4 @@ def test_launch_file_declares_the_documented_arguments():
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = {arg.name for arg in description.get_launch_arguments()}
-    assert names == {"namespace", "image_topic", "params_file", "model", "device", "debug_image"}
+    assert names == {"namespace", "image_topic", "params_file", "model", "device", "debug_image", "tracking"}

@@ -12,7 +12,8 @@ from lens_ros.core.publishing import OutcomePublisher, Output, RateLimiter
 
 NULLABLE = type(None)
 RESULT_SCHEMA = {
-    "schema": (str,), "query_id": (int,), "query": (str,), "status": (str,), "error": (str, NULLABLE),
+    "schema": (str,), "query_id": (int,), "query": (str,), "trigger": (str,), "origin_query_id": (int,),
+    "status": (str,), "error": (str, NULLABLE),
     "stamp": (dict, NULLABLE), "frame_id": (str, NULLABLE), "frame_age_s": (float, NULLABLE),
     "box": (list, NULLABLE), "box_status": (str, NULLABLE), "score": (float, NULLABLE), "label": (str, NULLABLE),
     "reasoning": (str, NULLABLE), "answer": (str, NULLABLE), "mask_area": (int, NULLABLE),
@@ -36,7 +37,7 @@ def check_schema(result: dict) -> None:
     assert set(result) == set(RESULT_SCHEMA)
     for key, types in RESULT_SCHEMA.items():
         assert isinstance(result[key], types), (key, result[key])
-    assert result["schema"] == "lens_ros/result/1"
+    assert result["schema"] == "lens_ros/result/2"
     assert all(isinstance(v, float) for v in result["timings_ms"].values())
 
 
@@ -53,6 +54,8 @@ def test_result_json_schema_for_ok_no_box_and_error():
     assert no_box["status"] == "no_box" and no_box["box"] is None and no_box["box_status"] == "no box in answer"
     assert error["status"] == "error" and error["box"] is None and "boom" in error["error"]
     assert [r["query_id"] for r in (ok, no_box, error)] == [1, 2, 3]
+    assert [(r["trigger"], r["origin_query_id"]) for r in (ok, no_box, error)] == [("query", 1), ("query", 2),
+                                                                                   ("query", 3)]
 
 
 def test_ok_publishes_mask_detections_reasoning_then_result_all_with_the_frame_header():

@@ -9,8 +9,8 @@ import yaml
 
 from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError, flatten, parameter_specs, read_params_file
+from lens_ros.lens_node import build_parser, overrides, rcl_arguments, split_ros_args
 from lens_ros.lens_node import main as lens_node_main
-from lens_ros.lens_node import split_ros_args
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "lens.yaml"
 
@@ -56,6 +56,13 @@ def test_sections_apply_wildcard_then_node_then_fully_qualified(tmp_path):
     ({"frames.max_age_s": float("inf")}, "frames.max_age_s must be a finite number"),
     ({"model.name": ""}, "model.name must not be empty"),
     ({"autostart": 1}, "autostart must be bool, got int"),
+    ({"tracking.mode": "flow"}, "tracking.mode must be one of box, memory"),
+    ({"tracking.max_rate_hz": 0}, "tracking.max_rate_hz must be > 0.0"),
+    ({"tracking.min_score": 1.5}, "tracking.min_score must be <= 1.0"),
+    ({"tracking.min_area_ratio": -0.1}, "tracking.min_area_ratio must be >= 0.0"),
+    ({"tracking.max_area_ratio": 0.5}, "tracking.max_area_ratio must be >= 1.0"),
+    ({"tracking.reacquire_period_s": -1.0}, "tracking.reacquire_period_s must be >= 0.0"),
+    ({"tracking.enabled": "yes"}, "tracking.enabled must be bool, got str"),
 ])
 def test_bad_parameters_are_rejected_by_name(values, message):
     with pytest.raises(ParameterError) as info:
@@ -105,6 +112,14 @@ def test_ros_args_are_split_off_for_rclpy():
     own, ros = split_ros_args(["--transport", "ros", "--ros-args", "-r", "__ns:=/x", "--params-file", "p.yaml"])
     assert own == ["--transport", "ros"]
     assert ros == ["--ros-args", "-r", "__ns:=/x", "--params-file", "p.yaml"]
+
+
+def test_lens_node_tracking_shortcut_sets_tracking_enabled_and_is_absent_by_default():
+    assert overrides(build_parser().parse_args([])) == {}
+    args = build_parser().parse_args(["--tracking"])
+    assert overrides(args) == {"tracking.enabled": True}
+    assert LensParams.from_ros(overrides(args)).tracking
+    assert rcl_arguments(args, []) == ["--ros-args", "-p", "tracking.enabled:=True"]
 
 
 def test_lens_node_exits_with_a_message_on_a_bad_parameter(tmp_path, caplog):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -37,6 +38,30 @@ def test_frame_buffer_keeps_only_the_newest_and_counts_unused_replacements():
     buffer.put(frame_at(3.0))  # replaces a used frame: not counted
     assert (buffer.received, buffer.replaced_unused) == (3, 1)
     assert buffer.take_latest().stamp.seconds == 3.0
+
+
+def test_take_newer_gives_the_newest_frame_only_after_the_given_one():
+    buffer = LatestFrameBuffer()
+    assert buffer.take_newer(0) is None
+    buffer.put(frame_at(1.0))
+    buffer.put(frame_at(2.0))  # replaces an unused frame
+    newest = buffer.take_newer(0)
+    assert (newest.seq, newest.stamp.seconds) == (2, 2.0)
+    assert buffer.take_newer(newest.seq) is None  # nothing new since
+    buffer.put(frame_at(3.0))  # replaces a used frame: not counted
+    assert buffer.take_newer(newest.seq).seq == 3 and buffer.replaced_unused == 1
+
+
+def test_wake_ends_a_wait_for_a_query_once():
+    queue = QueryQueue(2, DROP_OLDEST)
+    queue.wake()
+    started = time.monotonic()
+    assert queue.get(timeout_s=5.0) is None and time.monotonic() - started < 1.0
+    started = time.monotonic()
+    assert queue.get(timeout_s=0.2) is None and time.monotonic() - started >= 0.19  # the wake was used up
+    queue.wake()
+    queue.put(Query(1, "a", 0.0))
+    assert queue.get(timeout_s=5.0).id == 1
 
 
 @pytest.mark.parametrize("policy, survivors, loser", [(DROP_OLDEST, [2, 3], 1), (REJECT_NEW, [1, 2], 3)])

@@ -1,6 +1,7 @@
 """The newest camera frame, kept undecoded until a query needs it."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +30,15 @@ class Stamp:
 
 @dataclass(frozen=True)
 class Frame:
-    """One received image message (raw or compressed) with its header fields read out."""
+    """One received image message (raw or compressed) with its header fields read out. ``seq`` numbers
+    the frames a buffer received (1, 2, ...), so a track can tell a new frame from one it already ran on."""
 
     msg: Any
     compressed: bool
     stamp: Stamp
     frame_id: str
     received_s: float
+    seq: int = 0
 
     @classmethod
     def from_msg(cls, msg: Any, compressed: bool, received_s: float) -> Frame:
@@ -45,8 +48,8 @@ class Frame:
 class LatestFrameBuffer:
     """Holds only the newest frame: a frame arriving while inference runs replaces the buffered one.
 
-    ``replaced_unused`` counts frames that were overwritten before any query looked at them; with
-    query-triggered inference most frames are never used, so this is a rate, not an error count.
+    ``replaced_unused`` counts frames that were overwritten before any query or track step took them;
+    with query-triggered inference most frames are never used, so this is a rate, not an error count.
     """
 
     def __init__(self) -> None:
@@ -60,14 +63,22 @@ class LatestFrameBuffer:
         with self._lock:
             if self._frame is not None and not self._used:
                 self.replaced_unused += 1
-            self._frame = frame
-            self._used = False
             self.received += 1
+            self._frame = dataclasses.replace(frame, seq=self.received)
+            self._used = False
 
     def take_latest(self) -> Frame | None:
         """The newest frame (it stays buffered, so several queries can use it)."""
         with self._lock:
             self._used = self._frame is not None
+            return self._frame
+
+    def take_newer(self, seq: int) -> Frame | None:
+        """The newest frame if it came after frame ``seq``, else None."""
+        with self._lock:
+            if self._frame is None or self._frame.seq <= seq:
+                return None
+            self._used = True
             return self._frame
 
     def peek(self) -> Frame | None:

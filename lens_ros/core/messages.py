@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lens_model.result import Box
 from lens_ros.core.frames import Stamp
 from lens_ros.core.image_codec import EncodedImage
 from lens_ros.core.outcome import QueryOutcome
@@ -32,27 +33,32 @@ def string(kit: Any, text: str) -> Any:
 
 
 def detections(kit: Any, hdr: Any, outcome: QueryOutcome) -> Any:
-    """A Detection2DArray with one detection per box (none for ``no_box``).
+    """A query's Detection2DArray: one detection for its box (none for ``no_box``).
 
     ``class_id`` is the grounded label (the query text when the model gave none), ``id`` the query id.
     """
     result = outcome.result
-    items = []
-    if result is not None and result.box is not None:
-        x1, y1, x2, y2 = (float(v) for v in result.box)
-        identity = kit.Pose(
-            position=kit.Point(x=0.0, y=0.0, z=0.0), orientation=kit.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
-        hypothesis = kit.ObjectHypothesisWithPose(
-            hypothesis=kit.ObjectHypothesis(class_id=result.label or outcome.query, score=float(result.score)),
-            pose=kit.PoseWithCovariance(pose=identity, covariance=kit.float64_array(_ZERO_COVARIANCE)),
-        )
-        bbox = kit.BoundingBox2D(
-            center=kit.Pose2D(position=kit.Point2D(x=(x1 + x2) / 2.0, y=(y1 + y2) / 2.0), theta=0.0),
-            size_x=x2 - x1,
-            size_y=y2 - y1,
-        )
-        items.append(kit.Detection2D(header=hdr, results=[hypothesis], bbox=bbox, id=str(outcome.query_id)))
-    return kit.Detection2DArray(header=hdr, detections=items)
+    if result is None or result.box is None:
+        return kit.Detection2DArray(header=hdr, detections=[])
+    return detection_array(kit, hdr, result.box, result.label or outcome.query, result.score, outcome.query_id)
+
+
+def detection_array(kit: Any, hdr: Any, box: Box, class_id: str, score: float, query_id: int) -> Any:
+    """A Detection2DArray holding one detection: ``box`` (x1, y1, x2, y2) in pixels, ``id`` = the query id."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    identity = kit.Pose(
+        position=kit.Point(x=0.0, y=0.0, z=0.0), orientation=kit.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
+    hypothesis = kit.ObjectHypothesisWithPose(
+        hypothesis=kit.ObjectHypothesis(class_id=class_id, score=float(score)),
+        pose=kit.PoseWithCovariance(pose=identity, covariance=kit.float64_array(_ZERO_COVARIANCE)),
+    )
+    bbox = kit.BoundingBox2D(
+        center=kit.Pose2D(position=kit.Point2D(x=(x1 + x2) / 2.0, y=(y1 + y2) / 2.0), theta=0.0),
+        size_x=x2 - x1,
+        size_y=y2 - y1,
+    )
+    detection = kit.Detection2D(header=hdr, results=[hypothesis], bbox=bbox, id=str(query_id))
+    return kit.Detection2DArray(header=hdr, detections=[detection])
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from lens_model.prompts import DEFAULT_MAX_QUERY_CHARS
 RELIABILITIES = ("reliable", "best_effort")
 QUEUE_POLICIES = ("drop_oldest", "reject_new")
 TEMPLATES = ("auto", "reasoning", "direct")
+TRACK_MODES = ("box", "memory")  # lens_model.tracker.TrackMode
 
 
 class ParameterError(ValueError):
@@ -58,6 +59,15 @@ class LensParams:
     debug_image_topic: str = _param("debug_image", "topics.debug_image", "Overlay image output.", nonempty=True)
     diagnostics_topic: str = _param(
         "/diagnostics", "topics.diagnostics", "diagnostic_msgs/DiagnosticArray output.", nonempty=True)
+    track_mask_topic: str = _param("track/mask", "topics.track_mask", "mono8 mask of each tracked frame.",
+                                   nonempty=True)
+    track_detections_topic: str = _param(
+        "track/detections", "topics.track_detections", "vision_msgs/Detection2DArray of each tracked frame.",
+        nonempty=True)
+    track_status_topic: str = _param(
+        "track/status", "topics.track_status", "std_msgs/String JSON status of each tracked frame.", nonempty=True)
+    track_stop_topic: str = _param(
+        "track/stop", "topics.track_stop", "std_msgs/String input: any message stops the track.", nonempty=True)
     max_frame_age_s: float = _param(
         1.0, "frames.max_age_s", "Queries fail when the newest frame is older than this; 0 disables.", minimum=0.0)
     max_frame_future_s: float = _param(
@@ -89,6 +99,33 @@ class LensParams:
         2.0, "debug_image.max_rate_hz", "Upper bound on debug image rate.", exclusive_minimum=0.0)
     diagnostics_period_s: float = _param(
         1.0, "diagnostics.period_s", "Diagnostics publishing period.", exclusive_minimum=0.0)
+    tracking: bool = _param(
+        False, "tracking.enabled", "After a query that found its target, track it on every new frame.")
+    track_mode: str = _param(
+        "box", "tracking.mode",
+        "box: the previous mask's box prompts SAM 2 on the new frame (any weights); memory: SAM 2's video memory "
+        "(needs tracking.memory_weights for checkpoints without it).", choices=TRACK_MODES)
+    track_max_rate_hz: float = _param(
+        15.0, "tracking.max_rate_hz", "Most track steps per second; frames in between are dropped (counted).",
+        exclusive_minimum=0.0)
+    track_box_margin: float = _param(
+        0.1, "tracking.box_margin", "box mode: the previous box grows by this fraction of its size.",
+        minimum=0.0, maximum=1.0)
+    track_min_score: float = _param(
+        0.3, "tracking.min_score", "A step scoring below this is lost.", minimum=0.0, maximum=1.0)
+    track_min_area_ratio: float = _param(
+        0.25, "tracking.min_area_ratio", "A mask shrinking below this fraction of the previous one is lost.",
+        minimum=0.0, maximum=1.0)
+    track_max_area_ratio: float = _param(
+        4.0, "tracking.max_area_ratio", "A mask growing beyond this multiple of the previous one is lost.",
+        minimum=1.0)
+    track_memory_weights: str = _param(
+        "", "tracking.memory_weights",
+        "memory mode: a SAM 2 checkpoint of the same size holding the memory modules; empty = the model's own.")
+    reacquire_period_s: float = _param(
+        0.0, "tracking.reacquire_period_s", "Re-run the query of a track this often; 0 = never.", minimum=0.0)
+    reacquire_on_lost: bool = _param(
+        True, "tracking.reacquire_on_lost", "Re-run the query when its track is lost.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -123,10 +160,11 @@ def command_line_overrides(
     device: str | None = None,
     image_topic: str | None = None,
     debug_image: bool | None = None,
+    tracking: bool | None = None,
 ) -> dict[str, Any]:
     """ROS parameter values for the shortcuts lens_node, lens-bag and the launch file offer; None = not given."""
     given = {"model.name": model, "model.device": device, "topics.image": image_topic,
-             "debug_image.enabled": debug_image}
+             "debug_image.enabled": debug_image, "tracking.enabled": tracking}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -147,6 +185,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         raise ParameterError(f"parameter {name} must be one of {', '.join(meta['choices'])}, got {value!r}")
     if "minimum" in meta and value < meta["minimum"]:
         raise ParameterError(f"parameter {name} must be >= {meta['minimum']}, got {value!r}")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ParameterError(f"parameter {name} must be <= {meta['maximum']}, got {value!r}")
     if "exclusive_minimum" in meta and value <= meta["exclusive_minimum"]:
         raise ParameterError(f"parameter {name} must be > {meta['exclusive_minimum']}, got {value!r}")
     return value

@@ -1,6 +1,7 @@
-"""Turns a QueryOutcome into output messages and hands them to the transport's sink."""
+"""Turns a QueryOutcome, or a TrackEvent, into output messages and hands them to the transport's sink."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import threading
@@ -11,7 +12,7 @@ import numpy as np
 
 from lens_ros.core import messages
 from lens_ros.core.image_codec import encode_image, mask_to_mono8
-from lens_ros.core.outcome import ERROR, QueryOutcome
+from lens_ros.core.outcome import ERROR, QueryOutcome, TrackEvent
 from lens_model.visualize import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ class Output(str, enum.Enum):
     RESULT = "result"
     DEBUG_IMAGE = "debug_image"
     DIAGNOSTICS = "diagnostics"
+    TRACK_MASK = "track_mask"
+    TRACK_DETECTIONS = "track_detections"
+    TRACK_STATUS = "track_status"
 
 
 Sink = Callable[[Output, Any], None]
@@ -36,11 +40,15 @@ OUTPUT_TYPES = {
     Output.RESULT: "std_msgs/msg/String",
     Output.DEBUG_IMAGE: "sensor_msgs/msg/Image",
     Output.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
+    Output.TRACK_MASK: "sensor_msgs/msg/Image",
+    Output.TRACK_DETECTIONS: "vision_msgs/msg/Detection2DArray",
+    Output.TRACK_STATUS: "std_msgs/msg/String",
 }
 
 
 def output_topics(params: Any) -> dict[Output, str]:
-    """The (unresolved) topic name of every enabled output; the debug image only when switched on."""
+    """The (unresolved) topic name of every enabled output; the debug image and the track outputs only
+    when switched on."""
     names = {
         Output.MASK: params.mask_topic,
         Output.DETECTIONS: params.detections_topic,
@@ -50,6 +58,10 @@ def output_topics(params: Any) -> dict[Output, str]:
     }
     if params.debug_image:
         names[Output.DEBUG_IMAGE] = params.debug_image_topic
+    if params.tracking:
+        names[Output.TRACK_MASK] = params.track_mask_topic
+        names[Output.TRACK_DETECTIONS] = params.track_detections_topic
+        names[Output.TRACK_STATUS] = params.track_status_topic
     return names
 
 
@@ -104,7 +116,8 @@ class OutcomePublisher:
                 log.exception("cannot build outputs for query %d", outcome.query_id)
                 outcome = QueryOutcome.failure(
                     outcome.query_id, outcome.query, f"cannot build output messages: {type(exc).__name__}: {exc}",
-                    frame=outcome.frame, frame_age_s=outcome.frame_age_s)
+                    frame=outcome.frame, frame_age_s=outcome.frame_age_s, trigger=outcome.trigger,
+                    origin_query_id=outcome.origin_query_id)
                 frame_outputs = []
                 result_json = outcome.to_json()
             for output, msg in frame_outputs:
@@ -124,4 +137,44 @@ class OutcomePublisher:
         if rgb is not None and self._debug_limiter is not None and self._debug_limiter.allow():
             overlay = draw_overlay(rgb, result)
             outputs.append((Output.DEBUG_IMAGE, messages.image(kit, hdr, encode_image(overlay, "rgb8"))))
+        return outputs
+
+
+class TrackPublisher:
+    """Publishes one track event: for ``tracking`` the mask and detections, stamped with the header of the
+    frame the step ran on, then always the JSON status last (alone for ``lost``, ``error`` and ``stopped``).
+
+    ``label`` is the detections' ``class_id``: the grounded label of the query that seeded the track.
+    """
+
+    def __init__(self, kit: Any, sink: Sink) -> None:
+        self._kit = kit
+        self._sink = sink
+        self._lock = threading.Lock()
+
+    def publish(self, event: TrackEvent, mask: np.ndarray | None = None, label: str = "") -> None:
+        with self._lock:
+            try:
+                frame_outputs = self._frame_outputs(event, mask, label)
+                status_json = event.to_json()
+            except Exception as exc:  # the frame still gets its status
+                log.exception("cannot build track outputs for query %d", event.query_id)
+                event = dataclasses.replace(event, status=ERROR, score=None, box=None, mask_area=None,
+                                            error=f"cannot build output messages: {type(exc).__name__}: {exc}")
+                frame_outputs = []
+                status_json = event.to_json()
+            for output, msg in frame_outputs:
+                self._sink(output, msg)
+            self._sink(Output.TRACK_STATUS, messages.string(self._kit, status_json))
+
+    def _frame_outputs(self, event: TrackEvent, mask: np.ndarray | None, label: str) -> list[tuple[Output, Any]]:
+        if event.frame is None or mask is None:  # only ``tracking`` events come with a mask
+            return []
+        kit = self._kit
+        hdr = messages.header(kit, event.frame.stamp, event.frame.frame_id)
+        outputs = [(Output.TRACK_MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8")))]
+        if kit.has_detections:
+            array = messages.detection_array(kit, hdr, event.box, label, event.score, event.query_id) \
+                if event.box is not None else kit.Detection2DArray(header=hdr, detections=[])
+            outputs.append((Output.TRACK_DETECTIONS, array))
         return outputs

@@ -5,11 +5,14 @@ import collections
 import itertools
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from lens_model.prompts import clean_query, query_text
 
 DROP_OLDEST = "drop_oldest"
 REJECT_NEW = "reject_new"
+# What started a query: a query message, or the re-acquisition of a track that was lost or is due.
+ASKED, LOST, PERIOD = "query", "lost", "period"
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,17 @@ class Query:
     id: int
     text: str
     received_s: float
+    trigger: str = ASKED
+    origin_id: int | None = None  # a re-acquisition: the id of the query message it repeats
+    epoch: int = 0  # a re-acquisition: the tracking epoch it belongs to (see Tracking)
+
+    @property
+    def origin(self) -> int:
+        return self.id if self.origin_id is None else self.origin_id
+
+    def lineage(self) -> dict[str, Any]:
+        """The QueryOutcome fields that say what started this query."""
+        return {"trigger": self.trigger, "origin_query_id": self.origin_id}
 
 
 def decode_query(data: str | bytes, max_length: int) -> str:
@@ -62,6 +76,7 @@ class QueryQueue:
         self._items: collections.deque[Query] = collections.deque()
         self._ready = threading.Condition()
         self._closed = False
+        self._woken = False
 
     def put(self, query: Query) -> Query | None:
         with self._ready:
@@ -77,10 +92,17 @@ class QueryQueue:
             return loser
 
     def get(self, timeout_s: float) -> Query | None:
-        """The oldest query, or None after ``timeout_s`` or once the queue is closed and empty."""
+        """The oldest query, or None after ``timeout_s``, after a ``wake()``, or once the queue is closed and empty."""
         with self._ready:
-            self._ready.wait_for(lambda: self._items or self._closed, timeout=timeout_s)
+            self._ready.wait_for(lambda: self._items or self._closed or self._woken, timeout=timeout_s)
+            self._woken = False
             return self._items.popleft() if self._items else None
+
+    def wake(self) -> None:
+        """Make the current or next ``get`` return at once (a new frame for the track)."""
+        with self._ready:
+            self._woken = True
+            self._ready.notify()
 
     def close(self) -> list[Query]:
         """Refuse further queries and hand back those still waiting."""

@@ -60,7 +60,8 @@ class QueryRunner:
         timings = {"queue_wait": _ms(max(0.0, now - query.received_s))}
 
         def failure(message: str, **context) -> RunOutput:
-            return RunOutput(QueryOutcome.failure(query.id, query.text, message, timings_ms=timings, **context), None)
+            return RunOutput(QueryOutcome.failure(query.id, query.text, message, timings_ms=timings, **context,
+                                                  **query.lineage()), None)
 
         frame = self._frames.take_latest()
         if frame is None:
@@ -109,4 +110,5 @@ class QueryRunner:
         timings.update(result.timings_ms)
         timings["node_total"] = _ms(time.perf_counter() - started)
         status = OK if result.box is not None else NO_BOX
-        return RunOutput(QueryOutcome(query.id, query.text, status, result=result, timings_ms=timings, **context), rgb)
+        return RunOutput(QueryOutcome(query.id, query.text, status, result=result, timings_ms=timings, **context,
+                                      **query.lineage()), rgb)

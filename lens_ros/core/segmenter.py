@@ -1,13 +1,38 @@
-"""The model seen by the node: a ``Segmenter`` protocol plus loading and releasing it."""
+"""The model seen by the node: ``Segmenter`` and ``Tracker`` protocols, plus loading and releasing them."""
 from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from lens_model.result import SegmentationResult
+from lens_model.result import Box, SegmentationResult
+from lens_ros.core.params import LensParams
+
+
+class TrackStep(Protocol):
+    """lens_model.tracker.TrackStep: one frame of a track."""
+
+    mask: np.ndarray
+    box: Box | None
+    score: float
+    lost: bool
+    timings_ms: dict[str, float]
+
+
+class Tracker(Protocol):
+    """lens_model.tracker.LensTracker: seeded with a query's mask, then one step per frame."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def start(self, image: np.ndarray, mask: np.ndarray) -> None: ...
+
+    def step(self, image: np.ndarray) -> TrackStep: ...
+
+    def stop(self) -> None: ...
 
 
 class Segmenter(Protocol):
@@ -21,6 +46,25 @@ class Segmenter(Protocol):
     ) -> SegmentationResult: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def tracker(self, config: Any = None, memory_weights: str | None = None) -> Tracker: ...
+
+
+TrackerOpener = Callable[[Segmenter, LensParams], Tracker]
+
+
+def tracker_fields(params: LensParams) -> dict[str, Any]:
+    """The node's ``tracking.*`` thresholds as the fields of lens_model.tracker.TrackerConfig."""
+    return {"mode": params.track_mode, "box_margin": params.track_box_margin, "min_score": params.track_min_score,
+            "min_area_ratio": params.track_min_area_ratio, "max_area_ratio": params.track_max_area_ratio}
+
+
+def open_tracker(segmenter: Segmenter, params: LensParams) -> Tracker:
+    """The loaded model's tracker with the node's thresholds (TrackerConfig checks their types and ranges)."""
+    from lens_model.tracker import TrackerConfig  # imports torch: only when the node activates
+
+    config = TrackerConfig(**tracker_fields(params))
+    return segmenter.tracker(config, memory_weights=params.track_memory_weights or None)
 
 
 def load_segmenter(name: str, device: str, dtype: str) -> Segmenter:

@@ -27,7 +27,7 @@ from cyclonedds.util import duration
 from lens_ros.core.names import dds_topic_name, resolve_topic
 from lens_ros.core.params import LensParams, ParameterError
 from lens_ros.core.publishing import Output, history_depth, message_class_name, output_topics
-from lens_ros.core.segmenter import load_segmenter
+from lens_ros.core.segmenter import TrackerOpener, load_segmenter, open_tracker
 from lens_ros.core.service import RESULT_FLUSH_S, SHUTDOWN_GRACE_S, LensService, Loader
 from lens_ros.msgs import idl
 
@@ -121,6 +121,7 @@ class DdsNode:
         node_name: str = "lens_node",
         domain_id: int | None = None,
         load: Loader = load_segmenter,
+        track: TrackerOpener = open_tracker,
     ) -> None:
         self.params = params
         self._namespace = namespace
@@ -134,7 +135,7 @@ class DdsNode:
         self.image_topic = self.resolve(params.image_topic)
         self.service = LensService(
             params, idl.dds_kit(), self._publish, time.time,
-            image_source=self.image_topic, diagnostics_name=f"{node_name}: segmentation", load=load)
+            image_source=self.image_topic, diagnostics_name=f"{node_name}: segmentation", load=load, track=track)
 
     def resolve(self, name: str) -> str:
         return resolve_topic(name, self._namespace, self._node_name)
@@ -156,7 +157,14 @@ class DdsNode:
                                 qos=image_qos)
             inputs.append(NodeInput(reader, lambda raw: self.service.on_compressed_image(
                 idl.CompressedImage.deserialize(raw)), self.resolve(p.compressed_image_topic), p.image_depth))
-        # Queries last: a frame and a query that arrive together are handled frame first.
+        if p.tracking:  # no ROS services without rmw: a stop is any sample on this topic, as on the rclpy node
+            stop_topic = self.resolve(p.track_stop_topic)
+            stop_reader = DataReader(self._participant, self._topic(p.track_stop_topic, idl.String),
+                                     qos=ros_qos("reliable", 1))
+            inputs.append(NodeInput(stop_reader, lambda raw: self.service.stop_tracking(
+                f"stop requested on {stop_topic}"), stop_topic, 1))
+        # Queries last: a frame and a query that arrive together are handled frame first, and a stop
+        # taken with a query stops the old track only.
         query_reader = DataReader(self._participant, self._topic(p.query_topic, idl.String),
                                   qos=bounded_reader_qos(p.query_depth))
         inputs.append(NodeInput(query_reader, lambda raw: self.service.on_query(string_payload(raw)),

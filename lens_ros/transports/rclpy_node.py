@@ -1,9 +1,10 @@
 """The rclpy adapter: a lifecycle node that wires ROS parameters, subscriptions and lifecycle
 publishers to ``LensService``. Importing it requires rclpy (a sourced ROS 2 installation).
 
-configure: read parameters, create publishers. activate: load the model, create subscriptions.
-deactivate: drop subscriptions, answer waiting queries, free GPU memory. cleanup: destroy publishers.
-Diagnostics are published in every state, unconfigured and inactive included.
+configure: read parameters, create publishers. activate: load the model, create subscriptions (and,
+with tracking, the ``~/stop_tracking`` service). deactivate: drop them, answer waiting queries, free
+GPU memory. cleanup: destroy publishers. Diagnostics are published in every state, unconfigured and
+inactive included.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
 from rclpy.signals import SignalHandlerOptions
+from std_srvs.srv import Trigger
 
 from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
@@ -33,7 +35,7 @@ from lens_ros.core.names import resolve_topic
 from lens_ros.core.params import LensParams, ParameterError, parameter_specs
 from lens_ros.core.publishing import Output, history_depth, message_class_name, output_topics
 from lens_ros.core.queries import QueryIds
-from lens_ros.core.segmenter import load_segmenter
+from lens_ros.core.segmenter import TrackerOpener, load_segmenter, open_tracker
 from lens_ros.core.service import RESULT_FLUSH_S, SHUTDOWN_GRACE_S, LensService, Loader
 from lens_ros.core.stats import lifecycle_report
 
@@ -44,6 +46,7 @@ OPTIONAL_PACKAGES = frozenset({"vision_msgs"})
 # How long shutdown (SIGINT, SIGTERM, the lifecycle shutdown transition) waits for a running inference
 # before answering its query with an error; with SPIN_PERIOD_S and the result flush it bounds stopping.
 SPIN_PERIOD_S = 0.1  # how often the spin loop looks for a stop signal
+STOP_TRACKING_SERVICE = "~/stop_tracking"  # std_srvs/Trigger, while active with tracking.enabled
 
 
 def _message_class(ros_type: str) -> type | None:
@@ -95,9 +98,11 @@ class RclpyLogHandler(logging.Handler):
 
 
 class LensLifecycleNode(LifecycleNode):
-    def __init__(self, node_name: str = "lens_node", namespace: str = "/lens", load: Loader = load_segmenter) -> None:
+    def __init__(self, node_name: str = "lens_node", namespace: str = "/lens", load: Loader = load_segmenter,
+                 track: TrackerOpener = open_tracker) -> None:
         super().__init__(node_name, namespace=namespace)
         self._lens_load = load
+        self._lens_track = track
         for spec in parameter_specs():
             # dynamic typing: LensParams checks types itself, with clearer messages (and 1 for 1.0 is fine)
             self.declare_parameter(spec.ros_name, spec.default,
@@ -111,6 +116,7 @@ class LensLifecycleNode(LifecycleNode):
         self._lens_ids = QueryIds()  # one id sequence per node run, across cleanup and configure
         self._lens_outputs: dict[Output, Any] = {}
         self._lens_inputs: list[Any] = []
+        self._lens_stop_service: Any = None
         self._lens_phase = "unconfigured"  # the lifecycle state the diagnostics report while there is no service
         self._lens_failure: str | None = None  # why configure failed
         self._lens_diagnostics_name = f"{self.get_name()}: segmentation"  # as the DDS transport names it
@@ -194,7 +200,8 @@ class LensLifecycleNode(LifecycleNode):
             self._lens_outputs[output] = self.create_lifecycle_publisher(msg_type, name, qos)
         self._lens = LensService(
             params, k, self._lens_publish, self._lens_now, image_source=image_source,
-            diagnostics_name=self._lens_diagnostics_name, load=self._lens_load, ids=self._lens_ids)
+            diagnostics_name=self._lens_diagnostics_name, load=self._lens_load, track=self._lens_track,
+            ids=self._lens_ids)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         service = self._lens
@@ -213,11 +220,23 @@ class LensLifecycleNode(LifecycleNode):
             self._lens_inputs.append(self.create_subscription(
                 k.CompressedImage, p.compressed_image_topic, self._guarded(service.on_compressed_image), image_qos,
                 event_callbacks=image_events))
+        if p.tracking:  # before the queries: a stop and a query taken together stop the old track only
+            stop_topic = resolve_topic(p.track_stop_topic, self.get_namespace(), self.get_name())
+            self._lens_inputs.append(self.create_subscription(
+                k.String, stop_topic, self._guarded(lambda msg: service.stop_tracking(f"stop requested on {stop_topic}")),
+                qos_profile("reliable", 1)))
+            self._lens_stop_service = self.create_service(Trigger, STOP_TRACKING_SERVICE, self._lens_stop_tracking)
         self._lens_inputs.append(self.create_subscription(
             k.String, p.query_topic, self._guarded(lambda msg: service.on_query(msg.data)),
             qos_profile("reliable", p.query_depth)))
         self.get_logger().info(f"active: model {p.model_name} on {p.device}, image {p.image_topic}")
         return result
+
+    def _lens_stop_tracking(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Always succeeds (stopping is idempotent); the message says whether a track was running."""
+        response.message = self._lens.stop_tracking(f"stop requested through {self._lens_stop_service.service_name}")
+        response.success = True
+        return response
 
     def _lens_image_qos_mismatch(self, event: Any) -> None:
         policy = qos_policy_name_from_kind(event.last_policy_kind)
@@ -251,6 +270,9 @@ class LensLifecycleNode(LifecycleNode):
         for subscription in self._lens_inputs:
             self.destroy_subscription(subscription)
         self._lens_inputs = []
+        if self._lens_stop_service is not None:
+            self.destroy_service(self._lens_stop_service)
+            self._lens_stop_service = None
 
     def _drop_outputs(self) -> None:
         for publisher in self._lens_outputs.values():
@@ -259,7 +281,8 @@ class LensLifecycleNode(LifecycleNode):
         self._lens = None
 
 
-def spin_lifecycle_node(node_name: str, namespace: str, ros_args: list[str], load: Loader = load_segmenter) -> int:
+def spin_lifecycle_node(node_name: str, namespace: str, ros_args: list[str], load: Loader = load_segmenter,
+                        track: TrackerOpener = open_tracker) -> int:
     """Run the node until SIGINT or SIGTERM, then take it through the lifecycle shutdown transition
     (or until that transition is requested through the lifecycle services).
 
@@ -273,7 +296,7 @@ def spin_lifecycle_node(node_name: str, namespace: str, ros_args: list[str], loa
     node = None
     executor = SingleThreadedExecutor()
     try:
-        node = LensLifecycleNode(node_name, namespace, load)
+        node = LensLifecycleNode(node_name, namespace, load, track)
         logging.getLogger("lens_ros").addHandler(RclpyLogHandler(node.get_logger()))
         logging.getLogger("lens_ros").propagate = False
         executor.add_node(node)
