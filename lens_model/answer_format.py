@@ -2,25 +2,29 @@
 
 Used for teacher forcing (alignment, SFT): the queries must be aligned on the same kind of text the
 model generates at inference, not on a different special-token format (a bug of the authors' stage 1).
+An answer lists one object per referent; the empty list ``[]`` is the no-target answer.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from lens_model.result import Box
 
-
-def box_json(box: Box, label: str) -> str:
-    """Qwen2.5-VL's native grounding JSON with integer pixel coordinates."""
-    coords = [int(round(v)) for v in box]
-    return json.dumps([{"bbox_2d": coords, "label": label}], ensure_ascii=False)
+NO_TARGET_JSON = "[]"
 
 
-def format_answer(box: Box, label: str, template: str, reasoning: str = "") -> str:
+def objects_json(objects: Sequence[tuple[Box, str]]) -> str:
+    """Qwen2.5-VL's native grounding JSON, integer pixel coordinates; ``[]`` for no objects."""
+    return json.dumps([{"bbox_2d": [int(round(v)) for v in box], "label": label} for box, label in objects],
+                      ensure_ascii=False)
+
+
+def format_answer(objects: Sequence[tuple[Box, str]], template: str, reasoning: str = "") -> str:
     """The completion text (without the end-of-turn token) for ``template`` "direct" or "reasoning"."""
     if template == "reasoning":
-        return f"<think>{reasoning.strip()}</think><answer>{box_json(box, label)}</answer>"
-    return f"```json\n{box_json(box, label)}\n```"
+        return f"<think>{reasoning.strip()}</think><answer>{objects_json(objects)}</answer>"
+    return f"```json\n{objects_json(objects)}\n```"
 
 
 def to_reasoner_frame(box: Box, original_size: tuple[int, int], resized_size: tuple[int, int]) -> Box:

@@ -1,7 +1,9 @@
-"""Parse the reasoner's free text into reasoning, a box and a label. Never raises on model text.
+"""Parse the reasoner's free text into reasoning, boxes and labels. Never raises on model text.
 
 Qwen2.5-VL grounding answers look like ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cup"}]``, often
 inside a ```json fence, and with the reasoning prompt inside ``<think>…</think><answer>…</answer>``.
+Several referents are several objects in that list; "nothing matches" is the empty list ``[]``
+(``no_target``), which is a definite answer, unlike an answer with no usable box.
 Real outputs break every rule: tags go missing, JSON is truncated, several boxes appear, numbers are
 out of the frame or inverted. The parser tries strict JSON first, then falls back to the regex forms
 the authors' code accepted, and reports what it did instead of guessing silently.
@@ -33,25 +35,35 @@ _REGEX_BOXES = (
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d")
 _CLOSING = {"[": "]", "{": "}"}
 MAX_PARSE_CHARS = 20_000
+MAX_INSTANCES = 32  # boxes kept from one answer (each one costs a mask decode)
 
 
 @dataclass(frozen=True)
 class ParsedAnswer:
-    """The parts of one generated answer. ``box`` is in the reasoner's (resized) frame."""
+    """The parts of one generated answer. Boxes are in the reasoner's (resized) frame.
+
+    ``boxes`` are the answer's valid boxes in its order (corners sorted, at most ``MAX_INSTANCES``)
+    with their ``labels``; ``box`` and ``label`` are the first of them. ``no_target`` is True when
+    the answer is the empty list ``[]``: the model says nothing matches (``status`` "no target").
+    """
 
     reasoning: str
     answer_text: str
     box: Box | None
     label: str | None
-    status: str  # "ok" or why there is no box
-    num_boxes: int
+    status: str  # "ok", "no target", or why there is no box
+    num_boxes: int  # boxes found in the answer, valid or not
     has_think_tags: bool
     has_answer_tags: bool
     json_ok: bool
+    boxes: tuple[Box, ...] = ()
+    labels: tuple[str | None, ...] = ()
+    no_target: bool = False
 
     def format_ok(self, template: str) -> bool:
-        """Whether the answer follows ``template`` ("reasoning" or "direct") and carries a valid box."""
-        if self.box is None:
+        """Whether the answer follows ``template`` ("reasoning" or "direct") and carries a valid box
+        or the no-target answer."""
+        if self.box is None and not self.no_target:
             return False
         if template == "reasoning":
             return self.has_think_tags and self.has_answer_tags and self.json_ok
@@ -77,23 +89,27 @@ def parse_answer(text: str) -> ParsedAnswer:
         answer_text = text
     boxes, labels, json_ok = _boxes_from_json(answer_text)
     if not boxes:
+        empty_list, json_ok = json_ok, False
         boxes = _boxes_from_regex(answer_text)
         labels = [None] * len(boxes)
+        if not boxes and empty_list:  # the empty list and no box anywhere: nothing matches
+            return ParsedAnswer(reasoning, answer_text, None, None, "no target", 0, strict, strict, True, no_target=True)
     if not boxes:
         status = "no box in answer" if answer_text else "empty answer"
         return ParsedAnswer(reasoning, answer_text, None, None, status, 0, strict, strict, False)
-    index, box, status = _first_valid(boxes)
-    label = labels[index] if box is not None else None
+    valid = _valid_boxes(boxes)
     return ParsedAnswer(
         reasoning=reasoning,
         answer_text=answer_text,
-        box=box,
-        label=label,
-        status=status,
+        box=valid[0][1] if valid else None,
+        label=labels[valid[0][0]] if valid else None,
+        status="ok" if valid else "degenerate box",
         num_boxes=len(boxes),
         has_think_tags=strict,
         has_answer_tags=strict,
         json_ok=json_ok,
+        boxes=tuple(box for _, box in valid),
+        labels=tuple(labels[index] for index, _ in valid),
     )
 
 
@@ -129,18 +145,25 @@ def map_box(box: Box, src_size: tuple[int, int], dst_size: tuple[int, int]) -> B
     return clip_box((clipped[0] * sx, clipped[1] * sy, clipped[2] * sx, clipped[3] * sy), float(dw), float(dh))
 
 
-def _first_valid(boxes: list[Box]) -> tuple[int, Box | None, str]:
+def _valid_boxes(boxes: list[Box]) -> list[tuple[int, Box]]:
+    """(index, box with sorted corners) of the finite, non-degenerate boxes, the first ``MAX_INSTANCES``."""
+    valid: list[tuple[int, Box]] = []
     for index, box in enumerate(boxes):
         if all(math.isfinite(v) for v in box):
             x1, x2 = sorted((box[0], box[2]))
             y1, y2 = sorted((box[1], box[3]))
             if x2 > x1 and y2 > y1:
-                return index, (x1, y1, x2, y2), "ok"
-    return -1, None, "degenerate box"
+                valid.append((index, (x1, y1, x2, y2)))
+                if len(valid) == MAX_INSTANCES:
+                    break
+    return valid
 
 
 def _boxes_from_json(answer: str) -> tuple[list[Box], list[str | None], bool]:
+    """Boxes and labels of the first JSON fragment that holds any, and whether it was valid JSON;
+    no boxes and ``True`` when the answer's JSON is only an empty list (the no-target answer)."""
     candidates = [m.group(1) for m in _FENCE.finditer(answer)] or [answer]
+    empty_list = False
     for candidate in candidates:
         for fragment in _json_fragments(candidate):
             try:
@@ -151,7 +174,8 @@ def _boxes_from_json(answer: str) -> tuple[list[Box], list[str | None], bool]:
             if boxes:
                 # A bare [x1, y1, x2, y2] pulled out of broken JSON is a regex-level find, not valid JSON.
                 return boxes, labels, not (isinstance(data, list) and _as_box(data) is not None)
-    return [], [], False
+            empty_list = empty_list or data == []
+    return [], [], empty_list
 
 
 def _json_fragments(text: str) -> list[str]:

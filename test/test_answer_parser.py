@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lens_model import answer_parser
-from lens_model.answer_parser import clip_box, map_box, parse_answer
+from lens_model.answer_parser import MAX_INSTANCES, clip_box, map_box, parse_answer
 
 REASONING = '<think>Two circles; the red one is left.</think><answer>[{"bbox_2d": [10, 20, 50, 60], "label": "red circle"}]</answer>'
 
@@ -52,9 +52,28 @@ def test_authors_regex_forms(text, box):
     assert parse_answer(text).box == box
 
 
-def test_several_boxes_take_the_first_valid():
-    parsed = parse_answer('[{"bbox_2d": [5, 5, 5, 9]}, {"bbox_2d": [1, 2, 3, 4], "label": "b"}, {"bbox_2d": [7, 7, 9, 9]}]')
+def test_several_boxes_keep_every_valid_one_and_the_first_is_the_box():
+    parsed = parse_answer('[{"bbox_2d": [5, 5, 5, 9]}, {"bbox_2d": [1, 2, 3, 4], "label": "b"}, {"bbox_2d": [9, 9, 7, 7]}]')
     assert parsed.num_boxes == 3 and parsed.box == (1, 2, 3, 4) and parsed.label == "b"
+    assert parsed.boxes == ((1, 2, 3, 4), (7, 7, 9, 9)) and parsed.labels == ("b", None) and not parsed.no_target
+
+
+def test_the_boxes_of_one_answer_are_bounded():
+    parsed = parse_answer(json.dumps([{"bbox_2d": [i, i, i + 5, i + 5]} for i in range(MAX_INSTANCES + 10)]))
+    assert parsed.num_boxes == MAX_INSTANCES + 10 and len(parsed.boxes) == MAX_INSTANCES
+
+
+@pytest.mark.parametrize("text", ["<think>No mug in view.</think><answer>[]</answer>", "```json\n[]\n```", "[]"])
+def test_the_empty_list_is_the_no_target_answer(text):
+    parsed = parse_answer(text)
+    assert parsed.no_target and parsed.status == "no target" and parsed.box is None and parsed.boxes == ()
+    assert parsed.json_ok and parsed.format_ok("direct")
+    assert parsed.format_ok("reasoning") == text.startswith("<think>")
+
+
+@pytest.mark.parametrize("text", ["[] but (10, 20, 30, 40)", "[{}]", "[[]]", "nothing here", "[1, 2]"])
+def test_only_a_bare_empty_list_means_no_target(text):
+    assert not parse_answer(text).no_target
 
 
 def test_inverted_coordinates_are_reordered():
@@ -222,3 +241,14 @@ json_values = st.recursive(
 def test_never_raises_on_json_like_answers_cut_anywhere(value, cut, prefix):
     parsed = parse_answer(prefix + json.dumps(value)[:cut])
     assert parsed.box is None or all(math.isfinite(v) for v in parsed.box)
+
+
+@pytest.mark.parametrize("template", ["direct", "reasoning"])
+def test_formatted_answers_parse_back_to_their_objects(template):
+    from lens_model.answer_format import format_answer
+
+    two = parse_answer(format_answer([((1, 2, 30, 40), "left cup"), ((50, 2, 90, 40), "right cup")], template, "Two cups."))
+    assert two.boxes == ((1, 2, 30, 40), (50, 2, 90, 40)) and two.labels == ("left cup", "right cup")
+    assert two.format_ok(template)
+    none = parse_answer(format_answer([], template, "No cup in view."))
+    assert none.no_target and none.format_ok(template)

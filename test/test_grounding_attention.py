@@ -48,7 +48,7 @@ def _digits(tokenizer, completion, positions):
 def test_the_answer_box_numbers_and_optionally_the_reasoning_points_are_grounded(template):
     tokenizer = build_tiny_random().processor.tokenizer
     box = (12.4, 30.0, 57.0, 101.0)
-    completion = format_answer(box, "the 2 red cups", template, "Candidates at (12, 30) and (90, 4); 3 cups.")
+    completion = format_answer([(box, "the 2 red cups")], template, "Candidates at (12, 30) and (90, 4); 3 cups.")
     sample, size, grid = _sample((0, 0, 8, 8)), (112, 112), (4, 4)
     box_only = ga.completion_groundings(tokenizer, completion, sample, box, size, grid, ga.GroundingAttentionSection())
     assert len(box_only) == 1 and _digits(tokenizer, completion, box_only[0].positions) == "123057101"
@@ -68,7 +68,7 @@ def test_the_words_describing_a_reasoning_point_are_grounded_with_it():
     tokenizer = build_tiny_random().processor.tokenizer
     box = (80.0, 0.0, 100.0, 8.0)
     reasoning = "Row by row, the image shows a large red cup at (12, 30) and the 2 cups at (90, 4); so the cup."
-    completion = format_answer(box, "cup", "reasoning", reasoning)
+    completion = format_answer([(box, "cup")], "reasoning", reasoning)
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     section = ga.GroundingAttentionSection(reasoning_points=True)
     groundings = ga.completion_groundings(tokenizer, completion, _sample((0, 0, 8, 8)), box, (112, 112), (4, 4), section)

@@ -10,7 +10,7 @@ from model_fixtures import scene, tiny_model
 
 @pytest.mark.parametrize("template", ["direct", "reasoning"])
 def test_formatted_answers_parse_back(template):
-    text = format_answer((10.4, 20.6, 50, 60), "red square", template, reasoning="Two squares; the red one.")
+    text = format_answer([((10.4, 20.6, 50, 60), "red square")], template, reasoning="Two squares; the red one.")
     parsed = parse_answer(text)
     assert parsed.box == (10, 21, 50, 60) and parsed.label == "red square"
     assert parsed.format_ok(template)
@@ -26,7 +26,7 @@ def setup():
     encoded = model.encode_image(scene())
     vision = model.vision_embeds(encoded).detach()
     inputs = model.encode_inputs(["the red square", "the blue one"], [encoded] * 2, [vision] * 2)
-    texts = [format_answer((10, 20, 50, 60), "red square", "direct"), format_answer((1, 2, 3, 4), "x", "reasoning", "r")]
+    texts = [format_answer([((10, 20, 50, 60), "red square")], "direct"), format_answer([((1, 2, 3, 4), "x")], "reasoning", "r")]
     return model, encoded, inputs, texts
 
 

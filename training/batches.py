@@ -83,7 +83,7 @@ class ReasonerBatch:
 
     def teacher_answers(self, template: str) -> list[str]:
         """Ground-truth completions in the exact format the model generates at inference."""
-        return [format_answer(box, s.text, template, s.reasoning or "")
+        return [format_answer([(box, s.text)], template, s.reasoning or "")
                 for s, box in zip(self.samples, self.gt_boxes_in_reasoner_frame())]
 
 

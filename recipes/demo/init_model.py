@@ -104,8 +104,8 @@ def tokenizer_corpus(dataset: TargetDataset, instruction: str = "") -> Iterator[
             continue
         for query in target.queries:
             yield query.text
-            yield format_answer(sample.box, query.text, "reasoning", query.reasoning or "")
-            yield format_answer(sample.box, query.text, "direct")
+            yield format_answer([(sample.box, query.text)], "reasoning", query.reasoning or "")
+            yield format_answer([(sample.box, query.text)], "direct")
 
 
 def sam2_overrides(arch: DemoArchitecture) -> list[str]:
