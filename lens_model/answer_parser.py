@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from lens_model.result import Box
+from lens_model.result import NO_TARGET, Box
 
 _SPECIAL_TOKENS = re.compile(r"<\|(?:im_end|im_start|endoftext|box_start|box_end|object_ref_start|object_ref_end)\|>")
 _THINK = re.compile(r"<think>(.*?)(?:</think>|(?=<answer>)|\Z)", re.DOTALL)
@@ -93,7 +93,7 @@ def parse_answer(text: str) -> ParsedAnswer:
         boxes = _boxes_from_regex(answer_text)
         labels = [None] * len(boxes)
         if not boxes and empty_list:  # the empty list and no box anywhere: nothing matches
-            return ParsedAnswer(reasoning, answer_text, None, None, "no target", 0, strict, strict, True, no_target=True)
+            return ParsedAnswer(reasoning, answer_text, None, None, NO_TARGET, 0, strict, strict, True, no_target=True)
     if not boxes:
         status = "no box in answer" if answer_text else "empty answer"
         return ParsedAnswer(reasoning, answer_text, None, None, status, 0, strict, strict, False)

@@ -20,7 +20,7 @@ from lens_model.answer_parser import map_box, parse_answer
 from lens_model.frames import validate_image
 from lens_model.modeling import Completions, LensModel
 from lens_model.prompts import clean_query
-from lens_model.result import SegmentationResult
+from lens_model.result import Instance, SegmentationResult
 from lens_model.timing import StageTimer
 from lens_model.tracker import LensTracker, TrackerConfig
 
@@ -101,8 +101,10 @@ class LensPredictor:
         parsed = parse_answer(answer)
         box = map_box(parsed.box, resized, original) if parsed.box is not None else None
         status = parsed.status if parsed.box is None else ("ok" if box is not None else "box outside the image")
+        score = min(max(iou, 0.0), 1.0)
         return SegmentationResult(
             query=query, mask=mask, box=box, box_status=status, label=parsed.label,
-            score=min(max(iou, 0.0), 1.0), reasoning=parsed.reasoning, answer=answer,
+            score=score, reasoning=parsed.reasoning, answer=answer,
             random_weights=self.model.config.random_weights, generated_tokens=len(ids),
+            instances=[] if box is None else [Instance(box, mask, score, parsed.label)],
         )

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 Box = tuple[float, float, float, float]
+Status = Literal["ok", "no_box", "no_target"]
+NO_TARGET = "no target"  # the box_status of the no-target answer (lens_model.answer_parser)
 
 
 def mask_to_box(mask: np.ndarray) -> Box:
@@ -19,13 +21,31 @@ def mask_to_box(mask: np.ndarray) -> Box:
 
 
 @dataclass
+class Instance:
+    """One referent of a query: its box (original pixels), its mask (bool H x W of the original
+    image), SAM 2's predicted IoU for that mask in [0, 1], and the answer's label for it."""
+
+    box: Box
+    mask: np.ndarray
+    score: float
+    label: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": [round(float(v), 2) for v in self.box], "score": round(float(self.score), 4),
+                "label": self.label, "mask_area": int(self.mask.sum())}
+
+
+@dataclass
 class SegmentationResult:
     """What LENS returns for one (image, query) pair.
 
-    ``mask`` is a boolean array of the original image's H x W. ``box`` is (x1, y1, x2, y2) in
-    original-image pixels, or ``None`` when the model's answer held no usable box; then
-    ``box_status`` says why (for example ``"no box in answer"`` or ``"degenerate box"``).
-    ``score`` is SAM 2's predicted IoU for the chosen mask, clamped to [0, 1].
+    ``instances`` are the referents the answer named, in its order, each with a box and a mask;
+    ``mask`` is the union of their masks, a boolean array of the original image's H x W. ``box``,
+    ``label`` and ``score`` are the first instance's: ``box`` is (x1, y1, x2, y2) in original-image
+    pixels, or ``None`` when the answer held no usable box; then ``box_status`` says why (for
+    example ``"no box in answer"``, ``"degenerate box"`` or ``"no target"``). ``score`` is SAM 2's
+    predicted IoU for the first mask, clamped to [0, 1]. ``status`` sums it up: ``ok``,
+    ``no_target`` (the model says nothing matches; the mask is empty) or ``no_box`` (no usable answer).
     ``reasoning`` is the text inside the think tags (empty for the direct-answer prompt) and
     ``answer`` the whole generated text, unmodified.
     """
@@ -41,6 +61,13 @@ class SegmentationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     random_weights: bool = False
     generated_tokens: int = 0
+    instances: list[Instance] = field(default_factory=list)
+
+    @property
+    def status(self) -> Status:
+        if self.instances:
+            return "ok"
+        return "no_target" if self.box_status == NO_TARGET else "no_box"
 
     @property
     def mask_area(self) -> int:
@@ -50,6 +77,8 @@ class SegmentationResult:
         """JSON-serialisable summary (the mask itself is left out; save it as an image)."""
         return {
             "query": self.query,
+            "status": self.status,
+            "instances": [instance.to_dict() for instance in self.instances],
             "box": None if self.box is None else [round(float(v), 2) for v in self.box],
             "box_status": self.box_status,
             "label": self.label,
