@@ -25,12 +25,14 @@ SCHEMAS = {
     "sft": ("training.sft", "SFTConfig"),
     "grpo": ("training.grpo.config", "GRPOConfig"),
 }
-# The demo recipe's own stages: its pretraining of SAM 2 and the vision tower, and SFT with attention grounding.
+# The demo recipe's own stages: its pretraining of SAM 2, the vision tower and SAM 2's memory modules, and SFT
+# with attention grounding.
 RECIPE_SCHEMAS = {
     **SCHEMAS,
     "sam": ("recipes.demo.sam_pretrain", "SamPretrainConfig"),
     "vision": ("recipes.demo.vision_pretrain", "VisionPretrainConfig"),
     "sft": ("recipes.demo.sft", "DemoSFTConfig"),
+    "memory": ("recipes.demo.memory_pretrain", "MemoryPretrainConfig"),
 }
 # Values a config may leave for the command line, filled in only where the file does not set them.
 PLACEHOLDERS = {"output_dir": "outputs/test", "max_steps": "1", "data.root": "data"}

@@ -2,7 +2,6 @@
 ROS test environment is missing, fails under CI (rclpy_fixtures.ros_import)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,7 +23,7 @@ from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
 from lens_ros.core.image_codec import encode_image, image_msg_to_rgb
 from lens_ros.core.publishing import Output
-from lens_ros.lens_node import rcl_arguments
+from lens_ros.lens_node import build_parser, rcl_arguments
 from lens_ros.msgs import idl
 from lens_ros.transports.rclpy_node import LensLifecycleNode, qos_profile, ros_kit
 
@@ -144,7 +143,7 @@ def test_parameter_precedence_file_then_user_ros_args_then_shortcuts(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("/**:\n  ros__parameters:\n    queries: {max_length: 50, queue_size: 9}\n"
                       "    model: {device: cuda}\n")
-    args = argparse.Namespace(params_file=str(params), model=None, device="cpu", image_topic=None)
+    args = build_parser().parse_args(["--params-file", str(params), "--device", "cpu"])
     user = ["--ros-args", "-p", "queries.max_length:=100", "-p", "model.device:=cuda:1"]
     with ros_environment():
         rclpy.init(args=["lens_node", *rcl_arguments(args, user)], domain_id=DOMAIN_ID)
