@@ -55,7 +55,7 @@ class TrackerConfig(CheckedFields):
     box_margin: float = bounded(0.1, 0.0, 1.0)  # the last good mask's box grows by this share of its size per side
     min_score: float = bounded(0.3, 0.0, 1.0)  # SAM 2's predicted IoU below this -> lost
     min_area_ratio: float = bounded(0.25, 0.0, 1.0)  # area / last good area below this -> lost (collapse)
-    max_area_ratio: float = bounded(4.0, 1.0, 1e6)  # ... above this -> lost (explosion)
+    max_area_ratio: float = bounded(1.5, 1.0, 1e6)  # ... above this -> lost (it spread onto a neighbour)
 
 
 @dataclass

@@ -91,7 +91,8 @@ def test_the_prompt_follows_the_targets_motion_and_stays_inside_the_frame(model,
     (np.zeros((SIDE, SIDE), bool), "empty mask"),
     (rect(10, 30, 20, 40), "score 0.10 < 0.30"),
     (rect(10, 14, 20, 40), "area ratio 0.20 < 0.25"),
-    (rect(0, 64, 0, 30), "area ratio 4.80 > 4.00"),
+    (rect(0, 64, 0, 30), "area ratio 4.80 > 1.50"),
+    (rect(10, 30, 20, 52), "area ratio 1.60 > 1.50"),  # a sudden spread onto a neighbour
 ])
 def test_lost_steps_and_why(model, monkeypatch, answer, reason):
     score = 0.1 if reason.startswith("score") else 0.9

@@ -117,7 +117,7 @@ class LensParams:
         0.25, "tracking.min_area_ratio", "A mask shrinking below this fraction of the previous one is lost.",
         minimum=0.0, maximum=1.0)
     track_max_area_ratio: float = _param(
-        4.0, "tracking.max_area_ratio", "A mask growing beyond this multiple of the previous one is lost.",
+        1.5, "tracking.max_area_ratio", "A mask growing beyond this multiple of the previous one is lost.",
         minimum=1.0)
     track_memory_weights: str = _param(
         "", "tracking.memory_weights",
