@@ -2,7 +2,8 @@
 camera it keeps up with, and how well box mode follows a target through synthetic videos.
 
     python -m benchmarks.tracking [--model lens-synth-demo] [--size 448] [--repeats 20] [--rate 30]
-                                  [--videos 10] [--frames 100] [--memory-weights FILE] [--threads 1]
+                                  [--videos 10] [--frames 100] [--video-size 224] [--memory-weights FILE]
+                                  [--threads 1]
 
 In one run it prints:
 
@@ -123,9 +124,9 @@ def true_box_iou(predictor: LensPredictor, clips: list[Video], frames: int) -> f
     return statistics.mean(ious)
 
 
-def accuracy(predictor: LensPredictor, videos: int, frames: int, memory_weights: Path | None) -> None:
+def accuracy(predictor: LensPredictor, videos: int, frames: int, size: int, memory_weights: Path | None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        generate_videos(Path(scratch), num_videos=videos, num_frames=frames, seed=0)
+        generate_videos(Path(scratch), num_videos=videos, num_frames=frames, seed=0, size=size)
         clips = read_videos(scratch)
         print(f"SAM 2 prompted with the true box on every frame (box mode's ceiling with this SAM 2): mean IoU "
               f"{100 * true_box_iou(predictor, clips, frames):.1f}")
@@ -136,7 +137,7 @@ def accuracy(predictor: LensPredictor, videos: int, frames: int, memory_weights:
                                                progress=False)
                 summary = summarize(scores, 0.5)
                 print(format_tracking(summary, f"{mode} mode, seeded from the {seed_from}, {videos} videos x {frames} "
-                                               f"frames of 224 px (median step {step_ms:.1f} ms):"))
+                                               f"frames of {size} px (median step {step_ms:.1f} ms):"))
                 if seed_from == "query" and mode == "box":
                     good = summary["seed_iou>=0.5"]["mean_iou"]
                     verdict = "no video's query succeeded" if good is None else \
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=30.0, help="camera frame rate (Hz)")
     parser.add_argument("--videos", type=int, default=10)
     parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--video-size", type=int, default=224, help="side of the evaluation videos (px)")
     parser.add_argument("--memory-weights", type=Path, default=None, help="memory weights for memory mode")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -159,7 +161,7 @@ def main() -> None:
     predictor = LensPredictor.from_pretrained(args.model)
     print(f"{args.model}; {torch.get_num_threads()} thread(s)")
     costs(predictor, args.size, args.repeats, args.rate, args.memory_weights)
-    accuracy(predictor, args.videos, args.frames, args.memory_weights)
+    accuracy(predictor, args.videos, args.frames, args.video_size, args.memory_weights)
 
 
 if __name__ == "__main__":
