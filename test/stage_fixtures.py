@@ -25,9 +25,10 @@ def run_stage(main: Callable[[list[str]], int], config: str, data_root: Path, ou
 
 
 def assert_exact_resume(main, config: str, data_root: Path, tmp_path: Path, monkeypatch, overrides: tuple[str, ...],
-                        keys: Callable[[str], bool] = lambda key: True) -> None:
+                        keys: Callable[[str], bool] = lambda key: True, weights: str = "model.safetensors") -> None:
     """A run that crashes right after its first checkpoint and is restarted ends with exactly the
-    parameters of an uninterrupted run (``overrides`` must checkpoint before the last step)."""
+    parameters (the ``weights`` file it exports) of an uninterrupted run (``overrides`` must
+    checkpoint before the last step)."""
     run_stage(main, config, data_root, tmp_path / "straight", *overrides)
     real_save = CheckpointManager.save
 
@@ -40,8 +41,8 @@ def assert_exact_resume(main, config: str, data_root: Path, tmp_path: Path, monk
         run_stage(main, config, data_root, tmp_path / "resumed", *overrides)
     monkeypatch.setattr(CheckpointManager, "save", real_save)
     run_stage(main, config, data_root, tmp_path / "resumed", *overrides)
-    straight = load_file(tmp_path / "straight" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    straight = load_file(tmp_path / "straight" / weights)
+    resumed = load_file(tmp_path / "resumed" / weights)
     assert straight.keys() == resumed.keys()
     for key in filter(keys, straight):
         assert torch.equal(straight[key], resumed[key]), key

@@ -11,10 +11,11 @@ from lens_model.checkpoints import load_model
 from lens_model.sam_video import build_video_sam, video_keys
 from lens_model.tracker import LensTracker, TrackerConfig
 from recipes.demo import memory_pretrain
-from training.common.checkpoint import CheckpointManager
+from recipes.demo.memory_pretrain import MEMORY_FILE
 from training.common.logging import read_metrics
 from training.data.videos import read_videos
 from training.synthetic import generate_videos
+from stage_fixtures import assert_exact_resume, run_stage
 
 CONFIG = "recipes/demo/configs/memory.yaml"
 
@@ -27,11 +28,13 @@ def videos(tmp_path_factory):
     return root
 
 
+SMALL = ("clip_frames=4", "eval_frames=6", "engine.warmup_steps=0", "engine.lr=2e-3", "log.every_steps=4",
+         "eval_every_steps=0")
+
+
 def run(videos, out, *overrides: str) -> None:
-    args = ["--config", CONFIG, f"data.root={videos / 'train'}", f"eval_videos={videos / 'eval'}", f"output_dir={out}",
-            "clip_frames=4", "eval_frames=6", "data.eval_limit=2", "engine.warmup_steps=0", "engine.lr=2e-3",
-            "log.every_steps=4", "log.progress_bar=false", "eval_every_steps=0", *overrides]
-    assert memory_pretrain.main(args) == 0
+    run_stage(memory_pretrain.main, CONFIG, videos / "train", out, *SMALL, f"eval_videos={videos / 'eval'}",
+              "data.eval_limit=2", *overrides)
 
 
 def test_memory_training_learns_only_the_video_tensors(videos, tmp_path):
@@ -55,18 +58,6 @@ def test_memory_training_learns_only_the_video_tensors(videos, tmp_path):
 
 
 def test_a_crashed_run_resumes_to_the_same_memory_weights(videos, tmp_path, monkeypatch):
-    overrides = ("max_steps=6", "checkpoint.every_steps=3", "data.eval_limit=0")
-    run(videos, tmp_path / "straight", *overrides)
-    real_save = CheckpointManager.save
-
-    def crash_after_first_save(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(CheckpointManager, "save", crash_after_first_save)
-    with pytest.raises(KeyboardInterrupt):
-        run(videos, tmp_path / "resumed", *overrides)
-    monkeypatch.setattr(CheckpointManager, "save", real_save)
-    run(videos, tmp_path / "resumed", *overrides)
-    straight, resumed = (load_file(tmp_path / name / "memory.safetensors") for name in ("straight", "resumed"))
-    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    overrides = (*SMALL, f"eval_videos={videos / 'eval'}", "max_steps=6", "checkpoint.every_steps=3", "data.eval_limit=0")
+    assert_exact_resume(memory_pretrain.main, CONFIG, videos / "train", tmp_path, monkeypatch, overrides,
+                        weights=MEMORY_FILE)
