@@ -1,5 +1,8 @@
 """``lens-segment --video``: the query on the first frame, then the tracker through the rest.
 
+Several instances: frame 0's mask and line are the query's (the union of every instance); one tracker
+then follows the first instance (the one the result's ``box`` and ``label`` describe) through the rest.
+
 Streaming: one decoded frame is held at a time. Each frame's mask PNG, its line of ``track.jsonl`` and
 its overlay frame go to the staging folder (``StagedOutputs``) as soon as the frame is done, so memory
 does not grow with the video's length; the disk holds one mask PNG per frame and the overlay video
@@ -31,7 +34,7 @@ from lens_model.errors import InputError
 from lens_model.image_io import check_pixel_budget, display_path, encode_png
 from lens_model.result import Box, SegmentationResult
 from lens_model.staged_outputs import StagedOutputs
-from lens_model.visualize import draw_mask_and_box, draw_overlay
+from lens_model.visualize import draw_mask_and_boxes, draw_overlay
 
 MASKS = "masks"  # DIR/masks/000000.png, ...
 TRACK_LINES = "track.jsonl"
@@ -178,20 +181,23 @@ def segment_video(predictor: Predictor, tracker: Tracker, reader: VideoReader, q
     try:
         with open(outputs.staging_path(TRACK_LINES), "w", encoding="utf-8") as lines:
             result = predictor.predict(first, query, template=template, max_new_tokens=max_new_tokens)
-            tracking = result.box is not None and bool(result.mask.any())
+            # One tracker follows the first instance (the one the result's box and label describe); the
+            # query's line and mask on frame 0 still cover every instance.
+            tracking = bool(result.instances) and bool(result.instances[0].mask.any())
             if tracking:
-                tracker.start(first, result.mask)
+                tracker.start(first, result.instances[0].mask)
+            label = result.label or query
             line = FrameLine(0, QUERY, result.score, result.box, int(result.mask.sum()))
             _stage_frame(outputs, overlay, lines, line, result.mask, draw_overlay(first, result))
             statuses[QUERY] += 1
             progress.update()
-            label = result.label or query
             for index, frame in enumerate(frames, start=1):
                 line, mask = _track_frame(tracker, frame, index, (height, width), tracking)
                 tracking = line.status in (TRACKING, ERROR)
                 picture = cv2.resize(frame, (width, height)) if frame.shape[:2] != (height, width) else frame
                 caption = f"{label} {line.score:.2f}" if line.status == TRACKING else line.status.replace("_", " ")
-                _stage_frame(outputs, overlay, lines, line, mask, draw_mask_and_box(picture, mask, line.box, caption))
+                picture = draw_mask_and_boxes(picture, mask, [(line.box, caption)])
+                _stage_frame(outputs, overlay, lines, line, mask, picture)
                 statuses[line.status] += 1
                 progress.update()
     finally:

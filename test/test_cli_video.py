@@ -207,3 +207,25 @@ def test_unusable_videos_are_one_line_errors_before_the_model_loads(case, messag
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("lens-segment: error: ") and message.format(path=path) in lines[0]
     assert not out.exists()
+
+
+def test_several_instances_frame_0_shows_them_all_and_the_first_is_tracked(video, tmp_path):
+    out = tmp_path / "out"
+    segmenter = FakeSegmenter("multi")
+    run_fake(video, out, segmenter)
+    first = np.zeros((48, 64), bool)
+    first[:24, :32] = True
+    assert len(segmenter.fake_tracker.seed_masks) == 1 and np.array_equal(segmenter.fake_tracker.seed_masks[0], first)
+    assert read_mask(out, 0).sum() == 2 * 24 * 32 * 255  # the query's mask: both instances
+    assert [line["status"] for line in read_lines(out)] == ["query", *["tracking"] * 5]
+    result = json.loads((out / "result.json").read_text())
+    assert [instance["label"] for instance in result["instances"]] == ["thing", "other thing"]
+
+
+def test_no_target_starts_no_track(video, tmp_path):
+    out = tmp_path / "out"
+    segmenter = FakeSegmenter("no_target")
+    run_fake(video, out, segmenter)
+    assert [line["status"] for line in read_lines(out)] == ["query", *["no_track"] * 5]
+    assert segmenter.fake_tracker.started_on == [] and not read_mask(out, 0).any()
+    assert json.loads((out / "result.json").read_text())["status"] == "no_target"
