@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lens_model.errors import LensError
 from lens_ros.core.names import resolve_topic
-from lens_ros.core.outcome import ERROR, NO_BOX, OK
+from lens_ros.core.outcome import ERROR, NO_BOX, NO_TARGET, OK
 from lens_ros.core.params import LensParams, ParameterError, command_line_overrides, read_params_file
 from lens_ros.core.outcome import LOST, TRACKING
 from lens_ros.core.publishing import OUTPUT_TYPES, Output, output_topics
@@ -194,8 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BagError, ParameterError, LensError, AnyReaderError, WriterError) as exc:
         log.error("%s", exc)
         return 2
-    print(f"wrote {args.output}: {statuses[OK]} ok, {statuses[NO_BOX]} no_box, {statuses[ERROR]} error results"
-          f"; {statuses['tracked']} tracked frames, {statuses['lost']} lost")
+    print(f"wrote {args.output}: {statuses[OK]} ok, {statuses[NO_TARGET]} no_target, {statuses[NO_BOX]} no_box, "
+          f"{statuses[ERROR]} error results; {statuses['tracked']} tracked frames, {statuses['lost']} lost")
     return 0
 
 

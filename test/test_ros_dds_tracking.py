@@ -60,6 +60,9 @@ def test_track_topics_stamped_per_frame_and_a_stop_on_the_topic(served):
     assert [(s["status"], s["frame_id"], s["query_id"]) for s in client.track_statuses()] == [
         ("tracking", "f1", 1), ("tracking", "f2", 1)]
     assert len(client.received("mask")) == len(client.results()) == 1  # the query's own outputs, once
+    (instances,) = client.received("instances")  # the query's instance image, stamped with its frame
+    assert (instances.header.stamp.sec, instances.header.frame_id, instances.encoding) == (stamps[0].sec, "f0", "mono8")
+    assert np.frombuffer(instances.data, np.uint8).max() == 1
 
     client.stop_tracking()
     assert wait_until(lambda: len(client.track_statuses()) == 3, TIMEOUT_S)

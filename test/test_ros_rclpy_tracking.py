@@ -77,7 +77,7 @@ def test_track_topics_stamped_per_frame_and_the_stop_service_and_topic(ros):  # 
             for header in (mask.header, detections.header, detections.detections[0].header):
                 assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (
                     stamps[index].sec, stamps[index].nanosec, f"f{index}")
-            assert square_at(mask) == index and detections.detections[0].id == "1"
+            assert square_at(mask) == index and detections.detections[0].id == "1/1"
         assert [(s["status"], s["frame_id"]) for s in statuses()] == [("tracking", "f1"), ("tracking", "f2")]
         assert len(received["mask"]) == len(received["result"]) == 1  # the query's own outputs, once
 

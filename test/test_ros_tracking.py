@@ -94,14 +94,14 @@ def test_a_query_that_found_its_target_starts_a_track_on_every_later_frame_stamp
     np.testing.assert_array_equal(tracker.seed_masks[0], segmenter.predict(marked(0), "x").mask)
     # the query's own outputs, its result last, then mask, detections and status per tracked frame
     assert [out for out, _ in sink.published] == [
-        Output.MASK, Output.DETECTIONS, Output.REASONING, Output.RESULT, *TRACK_OUTPUTS * 3]
+        Output.MASK, Output.INSTANCES, Output.DETECTIONS, Output.REASONING, Output.RESULT, *TRACK_OUTPUTS * 3]
     for index, mask, detections, status in zip((1, 2, 3), sink.of(Output.TRACK_MASK),
                                                sink.of(Output.TRACK_DETECTIONS), statuses(sink), strict=True):
         assert stamp_of(mask) == stamp_of(detections) == stamp_of(detections.detections[0]) == frame_stamp(index)
         assert square_at(mask) == index and (mask.encoding, mask.height, mask.width) == ("mono8", 48, 64)
         (detection,) = detections.detections
         assert (detection.bbox.center.position.x, detection.bbox.size_x) == (index + 2.0, 4.0)
-        assert detection.id == "1" and detection.results[0].hypothesis.class_id == "thing"
+        assert detection.id == "1/1" and detection.results[0].hypothesis.class_id == "thing"
         assert detection.results[0].hypothesis.score == 0.9
         assert set(status) == STATUS_KEYS and status["schema"] == "lens_ros/track/1"
         sec, nanosec, frame_id = frame_stamp(index)
@@ -349,6 +349,24 @@ def test_a_new_query_replaces_the_track_and_one_that_finds_nothing_ends_it():
         ("tracking", 1, "f1"), ("tracking", 2, "f2"), ("stopped", 2, None)]
     assert seen[2]["reason"] == "query 3 found nothing to track (no_box: no box in answer)"
     assert segmenter.fake_tracker.stepped == [1, 2]
+
+
+def test_a_query_with_several_instances_tracks_the_first_and_a_no_target_query_ends_the_track():
+    service, segmenter, sink, _ = tracking_service()
+    segmenter.behaviour = "multi"
+    service.on_image(frame(0))
+    service.on_query("the things")
+    result = segmenter.predict(marked(0), "x")
+    np.testing.assert_array_equal(segmenter.fake_tracker.seed_masks[0], result.instances[0].mask)
+    assert result.mask.sum() > result.instances[0].mask.sum()  # not the union
+    service.on_image(frame(1))
+    segmenter.behaviour = "no_target"
+    service.on_query("the unicorn")
+    service.on_image(frame(2))
+    seen = statuses(sink)
+    assert [(s["status"], s["query_id"]) for s in seen] == [("tracking", 1), ("stopped", 1)]
+    assert seen[1]["reason"] == "query 2 found nothing to track (no_target: no target)"
+    assert segmenter.fake_tracker.stepped == [1]
 
 
 def test_stop_ends_the_track_and_a_second_stop_finds_none():

@@ -10,10 +10,12 @@ from lens_model.result import Box, SegmentationResult
 from lens_ros.core.frames import Frame
 from lens_ros.core.queries import ASKED
 
+# A query's status: its result's (lens_model.result.SegmentationResult.status), or error.
 OK = "ok"
+NO_TARGET = "no_target"
 NO_BOX = "no_box"
 ERROR = "error"
-RESULT_SCHEMA = "lens_ros/result/2"  # 2 added trigger and origin_query_id
+RESULT_SCHEMA = "lens_ros/result/3"  # 2 added trigger and origin_query_id; 3 the no_target status and instances
 MAX_ERROR_CHARS = 1000
 # The status of a track event: a frame with a mask, the frame where the target was lost (the track
 # ends), a frame that got no mask (the track goes on), the end of a track for any other reason.
@@ -62,6 +64,7 @@ class QueryOutcome:
             "stamp": _stamp_json(frame),
             "frame_id": None if frame is None else frame.frame_id,
             "frame_age_s": None if self.frame_age_s is None else round(self.frame_age_s, 4),
+            "instances": res.get("instances", []),
             "box": res.get("box"),
             "box_status": res.get("box_status"),
             "score": res.get("score"),

@@ -12,7 +12,7 @@ import numpy as np
 
 from lens_ros.core import messages
 from lens_ros.core.image_codec import encode_image, mask_to_mono8
-from lens_ros.core.outcome import ERROR, QueryOutcome, TrackEvent
+from lens_ros.core.outcome import ERROR, NO_TARGET, QueryOutcome, TrackEvent
 from lens_model.visualize import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 class Output(str, enum.Enum):
     MASK = "mask"
+    INSTANCES = "instances"
     DETECTIONS = "detections"
     REASONING = "reasoning"
     RESULT = "result"
@@ -35,6 +36,7 @@ Sink = Callable[[Output, Any], None]
 # The ROS 2 message type of each output.
 OUTPUT_TYPES = {
     Output.MASK: "sensor_msgs/msg/Image",
+    Output.INSTANCES: "sensor_msgs/msg/Image",
     Output.DETECTIONS: "vision_msgs/msg/Detection2DArray",
     Output.REASONING: "std_msgs/msg/String",
     Output.RESULT: "std_msgs/msg/String",
@@ -51,6 +53,7 @@ def output_topics(params: Any) -> dict[Output, str]:
     when switched on."""
     names = {
         Output.MASK: params.mask_topic,
+        Output.INSTANCES: params.instances_topic,
         Output.DETECTIONS: params.detections_topic,
         Output.REASONING: params.reasoning_topic,
         Output.RESULT: params.result_topic,
@@ -93,9 +96,14 @@ class RateLimiter:
 
 
 class OutcomePublisher:
-    """Publishes one outcome: for ``ok`` and ``no_box`` the mask, detections, reasoning and
-    (rate-limited, if enabled) debug image, all stamped with the frame's header, then always the
-    JSON result last, so a consumer that sees the result has already been sent the rest.
+    """Publishes one outcome: for ``ok``, ``no_target`` and ``no_box`` the mask (the union of the
+    instances), the instance image, the detections (one per instance), the reasoning and (rate-limited,
+    if enabled) the debug image, all stamped with the frame's header, then always the JSON result last,
+    so a consumer that sees the result has already been sent the rest.
+
+    ``no_target`` publishes an all-zero mask and instance image of the frame's size and an empty
+    detection array: a definite "nothing matches". ``no_box`` publishes the mask SAM 2 gave without a
+    usable box (as before instances existed), an all-zero instance image and an empty detection array.
 
     Called from the worker and from the query callback (for queue evictions), hence the lock.
     """
@@ -130,7 +138,9 @@ class OutcomePublisher:
             return []
         kit, result = self._kit, outcome.result
         hdr = messages.header(kit, outcome.frame.stamp, outcome.frame.frame_id)
-        outputs = [(Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8")))]
+        mask = np.zeros_like(result.mask) if result.status == NO_TARGET else result.mask
+        outputs = [(Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8"))),
+                   (Output.INSTANCES, messages.image(kit, hdr, encode_image(result.instance_map(), "mono8")))]
         if kit.has_detections:  # not on an rclpy node without vision_msgs
             outputs.append((Output.DETECTIONS, messages.detections(kit, hdr, outcome)))
         outputs.append((Output.REASONING, messages.string(kit, result.reasoning)))
@@ -174,7 +184,7 @@ class TrackPublisher:
         hdr = messages.header(kit, event.frame.stamp, event.frame.frame_id)
         outputs = [(Output.TRACK_MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8")))]
         if kit.has_detections:
-            array = messages.detection_array(kit, hdr, event.box, label, event.score, event.query_id) \
-                if event.box is not None else kit.Detection2DArray(header=hdr, detections=[])
-            outputs.append((Output.TRACK_DETECTIONS, array))
+            found = [] if event.box is None else [  # the track follows the query's first instance
+                messages.detection(kit, hdr, event.box, label, event.score, messages.detection_id(event.query_id, 1))]
+            outputs.append((Output.TRACK_DETECTIONS, kit.Detection2DArray(header=hdr, detections=found)))
         return outputs

@@ -80,8 +80,9 @@ class Tracking:
         return query.trigger == ASKED or query.epoch == self._epoch
 
     def after_query(self, query: Query, outcome: QueryOutcome, rgb: np.ndarray | None) -> None:
-        """A query ran and its result is out: its mask seeds the track, replacing the one before; a query
-        that found nothing ends the track. A query message always does one or the other."""
+        """A query ran and its result is out: its first instance's mask seeds the track, replacing the one
+        before (one tracker follows one object: the one the result's box and label describe); a query that
+        found nothing ends the track. A query message always does one or the other."""
         with self._lock:
             if not self.wants(query):
                 return
@@ -89,12 +90,13 @@ class Tracking:
                 self._epoch += 1
             epoch = self._epoch
         result = outcome.result
-        if outcome.status != OK or result is None or rgb is None or outcome.frame is None or not result.mask.any():
+        if (outcome.status != OK or result is None or rgb is None or outcome.frame is None
+                or not result.instances[0].mask.any()):
             why = outcome.error or (result.box_status if result is not None else "no mask")
             self._end(f"query {query.id} found nothing to track ({outcome.status}: {why})", epoch)
             return
         try:
-            self._tracker.start(rgb, result.mask)
+            self._tracker.start(rgb, result.instances[0].mask)
         except Exception as exc:  # InputError or a model failure: the query's own result is out already
             self._recover(exc)
             self._end(f"cannot start a track from query {query.id}: {type(exc).__name__}: {exc}", epoch)
