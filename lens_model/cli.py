@@ -3,6 +3,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -48,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lens-segment",
         description="Find what QUERY refers to in IMAGE; write mask.png, instances.png, overlay.png and result.json "
                     "to --out. "
-                    "With VIDEO: find it in the first frame and track it through the rest; write masks/, "
-                    "track.jsonl, overlay.mp4 and result.json to --out.",
+                    "With VIDEO: find it in the first frame and track it (every instance) through the rest; write "
+                    "masks/, instances/, track.jsonl, overlay.mp4 and result.json to --out.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image",
@@ -172,8 +173,12 @@ def _run_video(args: argparse.Namespace) -> int:
         predictor = _load(args, dtype)
         from lens_model.tracker import TrackerConfig
 
-        tracker = predictor.tracker(TrackerConfig(mode=args.track_mode), memory_weights=args.memory_weights)
-        run = segment_video(predictor, tracker, reader, args.query, outputs, template=args.template,
+        def new_tracker():  # one per instance of the query's result
+            return predictor.tracker(TrackerConfig(mode=args.track_mode), memory_weights=args.memory_weights)
+
+        # The first is opened before any frame is read, so that an unusable tracker fails before the query runs.
+        trackers = itertools.chain([new_tracker()], iter(new_tracker, None))
+        run = segment_video(predictor, lambda: next(trackers), reader, args.query, outputs, template=args.template,
                             max_new_tokens=args.max_new_tokens, max_frames=args.max_frames)
         summary = result_summary(args.video, args.model, run, args.track_mode)
         outputs.write("result.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
@@ -182,7 +187,7 @@ def _run_video(args: argparse.Namespace) -> int:
     print(f"query on frame 0: {run.result.box_status}, score {run.result.score:.3f}; {run.frames} frames: "
           f"{track['tracking']} tracked, {track['lost']} lost, {track['error']} error, {track['no_track']} without "
           f"a track")
-    print(f"wrote masks/, {TRACK_LINES}, {OVERLAY} and result.json to {display_path(args.out)}")
+    print(f"wrote masks/, instances/, {TRACK_LINES}, {OVERLAY} and result.json to {display_path(args.out)}")
     return 0
 
 
