@@ -8,13 +8,13 @@ refuses (``InputError``) is an ``error`` step and the tracker goes on with the n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from lens_model.errors import InputError
-from lens_model.result import Box, Instance
+from lens_model.result import Box, Instance, instance_map
 
 # What one instance did on one frame: the query ran on it, the tracker gave it a mask, lost it on it,
 # could not use the frame (the track goes on), or there is no track (none started, or lost before).
@@ -34,6 +34,7 @@ class InstanceStep:
     box: Box | None = None
     mask: np.ndarray | None = None  # for ``tracking`` and ``query``
     error: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)  # the tracker's stages
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "score": None if self.score is None else round(float(self.score), 4),
@@ -70,17 +71,50 @@ class InstanceTracks:
             except InputError as exc:  # the tracker kept its state
                 steps.append(InstanceStep(ERROR, error=str(exc)))
                 continue
-            if step.lost:
+            if step.mask.shape != frame.shape[:2]:
+                steps.append(InstanceStep(ERROR, error=f"tracker returned a {step.mask.shape} mask for a "
+                                                       f"{frame.shape[:2]} frame", timings_ms=step.timings_ms))
+            elif step.lost:
                 self._trackers[index] = None
-                steps.append(InstanceStep(LOST, step.score, step.box))
+                steps.append(InstanceStep(LOST, step.score, step.box, timings_ms=step.timings_ms))
             else:
-                steps.append(InstanceStep(TRACKING, step.score, step.box, step.mask))
+                steps.append(InstanceStep(TRACKING, step.score, step.box, step.mask, timings_ms=step.timings_ms))
         return steps
 
     def refused(self, error: str) -> list[InstanceStep]:
         """The steps of a frame none of the trackers may see (the trackers are left as they were)."""
         return [InstanceStep(NO_TRACK) if tracker is None else InstanceStep(ERROR, error=error)
                 for tracker in self._trackers]
+
+
+@dataclass(frozen=True)
+class FrameSummary:
+    """A frame of several instances in one status: ``tracking`` while any instance is, else ``lost`` when one
+    was lost on it, else ``error`` when one could not use it, else ``no_track``; the mean score and the box
+    around the boxes of the instances in that status, and the first of their errors."""
+
+    status: str
+    score: float | None
+    box: Box | None
+    error: str | None
+
+    @classmethod
+    def of(cls, steps: Sequence[InstanceStep]) -> FrameSummary:
+        status = next((s for s in (TRACKING, LOST, ERROR) if any(step.status == s for step in steps)), NO_TRACK)
+        chosen = [step for step in steps if step.status == status]
+        scores = [step.score for step in chosen if step.score is not None]
+        boxes = [step.box for step in chosen if step.box is not None]
+        box = None if not boxes else (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                                      max(b[3] for b in boxes))
+        error = next((step.error for step in chosen if step.error is not None), None)
+        return cls(status, sum(scores) / len(scores) if scores else None, box, error)
+
+
+def frame_mask(steps: Sequence[InstanceStep], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the steps' masks and the instance image (``result.instance_map``) of a frame of ``shape``."""
+    empty = np.zeros(shape, bool)
+    masks = [empty if step.mask is None else step.mask for step in steps]
+    return np.logical_or.reduce(masks) if masks else empty, instance_map(masks, shape)
 
 
 def query_steps(instances: Sequence[Instance]) -> list[InstanceStep]:

@@ -37,8 +37,9 @@ from tqdm import tqdm
 from lens_model.errors import InputError
 from lens_model.image_io import check_pixel_budget, display_path, encode_png
 from lens_model.instance_tracks import (
-    ERROR, LOST, NO_TRACK, QUERY, TRACKING, InstanceStep, InstanceTracks, Tracker, query_steps)
-from lens_model.result import Box, SegmentationResult, instance_map
+    ERROR, LOST, NO_TRACK, QUERY, TRACKING, FrameSummary, InstanceStep, InstanceTracks, Tracker, frame_mask,
+    query_steps)
+from lens_model.result import Box, SegmentationResult
 from lens_model.staged_outputs import StagedOutputs
 from lens_model.visualize import draw_mask_and_boxes, draw_overlay
 
@@ -147,16 +148,9 @@ class FrameLine:
 
     @classmethod
     def of(cls, index: int, steps: Sequence[InstanceStep], mask: np.ndarray) -> FrameLine:
-        """The line of a tracked frame: the status that matters most among the steps, with those steps' mean
-        score and the box around their boxes; the area is the frame's mask's."""
-        status = next((s for s in (TRACKING, LOST, ERROR) if any(step.status == s for step in steps)), NO_TRACK)
-        chosen = [step for step in steps if step.status == status]
-        scores = [step.score for step in chosen if step.score is not None]
-        boxes = [step.box for step in chosen if step.box is not None]
-        box = None if not boxes else (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                                      max(b[3] for b in boxes))
-        error = next((step.error for step in chosen if step.error is not None), None)
-        return cls(index, status, sum(scores) / len(scores) if scores else None, box, int(mask.sum()), error, steps)
+        """The line of a tracked frame (``FrameSummary``); the area is the frame's mask's."""
+        summary = FrameSummary.of(steps)
+        return cls(index, summary.status, summary.score, summary.box, int(mask.sum()), summary.error, steps)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -207,14 +201,13 @@ def segment_video(predictor: Predictor, new_tracker: Callable[[], Tracker], read
                                            f"{width}x{height}")
                 else:
                     steps = tracks.step(frame)
-                masks = [np.zeros((height, width), bool) if step.mask is None else step.mask for step in steps]
-                mask = np.logical_or.reduce(masks) if masks else np.zeros((height, width), bool)
+                mask, instances = frame_mask(steps, (height, width))
                 line = FrameLine.of(index, steps, mask)
                 picture = cv2.resize(frame, (width, height)) if frame.shape[:2] != (height, width) else frame
                 captions = [(step.box, f"{label} {step.score:.2f}") for step, label in zip(steps, labels, strict=True)
                             if step.status == TRACKING] or [(None, line.status.replace("_", " "))]
                 picture = draw_mask_and_boxes(picture, mask, captions)
-                _stage_frame(outputs, overlay, lines, line, mask, instance_map(masks, (height, width)), picture)
+                _stage_frame(outputs, overlay, lines, line, mask, instances, picture)
                 statuses[line.status] += 1
                 progress.update()
     finally:
