@@ -69,7 +69,7 @@ class InstanceTracks:
             try:
                 step = tracker.step(frame)
             except InputError as exc:  # the tracker kept its state
-                steps.append(InstanceStep(ERROR, error=str(exc)))
+                steps.append(InstanceStep(ERROR, error=f"tracker rejected the frame: {exc}"))
                 continue
             if step.mask.shape != frame.shape[:2]:
                 steps.append(InstanceStep(ERROR, error=f"tracker returned a {step.mask.shape} mask for a "

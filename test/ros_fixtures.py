@@ -107,6 +107,17 @@ class FakeTracker:
         self._shape = None
 
 
+class ShiftedTracker(FakeTracker):
+    """FakeTracker's square moved 10 pixels right, with score 0.5: another object."""
+
+    def step(self, image: np.ndarray) -> FakeTrackStep:
+        step = super().step(image)
+        step.mask = np.roll(step.mask, 10, axis=1)
+        x1, y1, x2, y2 = step.box
+        step.box, step.score = (x1 + 10, y1, x2 + 10, y2), 0.1 if step.lost else 0.5
+        return step
+
+
 class FakeSegmenter:
     """Test double: the box is the top-left quarter of the image, the mask that box, label "thing".
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from image_fixtures import write_video
-from ros_fixtures import FakeSegmenter, FakeTracker, marked
+from ros_fixtures import FakeSegmenter, FakeTracker, ShiftedTracker, marked
 
 from lens_model import image_io
 from lens_model.cli import main
@@ -100,7 +100,7 @@ def test_a_lost_target_ends_the_track_and_a_rejected_frame_does_not(video, tmp_p
     run_fake(video, out, segmenter, lambda: tracker)
     lines = read_lines(out)
     assert [line["status"] for line in lines] == ["query", "tracking", "error", "tracking", "lost", "no_track"]
-    assert lines[2]["error"] == "frame 2 is no good" and lines[4]["score"] == 0.1
+    assert lines[2]["error"] == "tracker rejected the frame: frame 2 is no good" and lines[4]["score"] == 0.1
     assert [read_mask(out, index).any() for index in range(FRAMES)] == [True, True, False, True, False, False]
     assert tracker.stepped == [1, 3, 4]  # the refused frame left the tracker as it was
 
@@ -209,17 +209,6 @@ def test_unusable_videos_are_one_line_errors_before_the_model_loads(case, messag
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("lens-segment: error: ") and message.format(path=path) in lines[0]
     assert not out.exists()
-
-
-class ShiftedTracker(FakeTracker):
-    """FakeTracker's square moved 10 pixels right, with score 0.5: another object."""
-
-    def step(self, image):
-        step = super().step(image)
-        step.mask = np.roll(step.mask, 10, axis=1)
-        x1, y1, x2, y2 = step.box
-        step.box, step.score = (x1 + 10, y1, x2 + 10, y2), 0.1 if step.lost else 0.5
-        return step
 
 
 def read_instances(out, index: int) -> np.ndarray:

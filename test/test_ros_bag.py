@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from image_fixtures import png_claiming, refuse_to_decode
-from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, image_msg, open_fake_tracker, pattern_image
+from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, ShiftedTracker, image_msg, open_fake_tracker, pattern_image
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -86,6 +86,21 @@ def test_track_gives_masks_for_every_frame_after_one_query_stamped_per_frame(tmp
         assert detections.header == mask.header and detections.detections[0].id == "1/1"
         assert (status["status"], status["frame_id"], status["query_id"]) == ("tracking", f"f{index}", 1)
         assert status["stamp"] == {"sec": stamp.sec, "nanosec": stamp.nanosec}
+
+
+def test_track_follows_every_instance_each_with_a_tracker_of_its_own(tmp_path, input_bag):
+    output = tmp_path / "out"
+    segmenter = FakeSegmenter("multi")
+    first, second = segmenter.fake_tracker, ShiftedTracker(segmenter.activity)
+    opened = iter([first, second])
+    run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "the cups", "--track",
+         "--output", str(output)], segmenter, track=lambda *_: next(opened))
+    assert (first.started_on, second.started_on, first.stepped, second.stepped) == ([0], [0], [1, 2, 3], [1, 2, 3])
+    topics = read_bag(output)
+    for (_, mask), (_, instances), (_, detections) in zip(topics["/lens/track/mask"], topics["/lens/track/instances"],
+                                                          topics["/lens/track/detections"], strict=True):
+        assert instances.header == mask.header and set(np.asarray(instances.data).tolist()) == {0, 1, 2}
+        assert [d.id for d in detections.detections] == ["1/1", "1/2"]
 
 
 def test_track_with_recorded_queries_and_with_a_stride(tmp_path, input_bag):

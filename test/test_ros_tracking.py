@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 from ros_fixtures import (
-    KIT, FakeSegmenter, ManualClock, RecordingSink, image_msg, make_service, marked, raw_image_msg, wait_until)
+    KIT, FakeSegmenter, ManualClock, RecordingSink, ShiftedTracker, image_msg, make_service, marked, raw_image_msg,
+    wait_until)
 
 from lens_ros.core.frames import Frame, LatestFrameBuffer, Stamp
 from lens_ros.core.outcome import QueryOutcome
@@ -19,11 +20,11 @@ from lens_ros.core.publishing import Output, TrackPublisher, output_topics
 from lens_ros.core.queries import Query
 from lens_ros.core.service import LensService
 from lens_ros.core.stats import NodeStats
-from lens_ros.core.tracking import Tracking
+from lens_ros.core.tracking import TrackerPool, Tracking
 
 T0 = 1000.0
-TRACK_OUTPUTS = (Output.TRACK_MASK, Output.TRACK_DETECTIONS, Output.TRACK_STATUS)
-STATUS_KEYS = {"schema", "query_id", "origin_query_id", "query", "status", "stamp", "frame_id", "score", "box",
+TRACK_OUTPUTS = (Output.TRACK_MASK, Output.TRACK_INSTANCES, Output.TRACK_DETECTIONS, Output.TRACK_STATUS)
+STATUS_KEYS = {"instances", "schema", "query_id", "origin_query_id", "query", "status", "stamp", "frame_id", "score", "box",
                "mask_area", "frames_dropped", "error", "reason", "timings_ms"}
 
 
@@ -103,7 +104,7 @@ def test_a_query_that_found_its_target_starts_a_track_on_every_later_frame_stamp
         assert (detection.bbox.center.position.x, detection.bbox.size_x) == (index + 2.0, 4.0)
         assert detection.id == "1/1" and detection.results[0].hypothesis.class_id == "thing"
         assert detection.results[0].hypothesis.score == 0.9
-        assert set(status) == STATUS_KEYS and status["schema"] == "lens_ros/track/1"
+        assert set(status) == STATUS_KEYS and status["schema"] == "lens_ros/track/2"
         sec, nanosec, frame_id = frame_stamp(index)
         assert (status["stamp"], status["frame_id"]) == ({"sec": sec, "nanosec": nanosec}, frame_id)
         assert (status["query_id"], status["origin_query_id"], status["query"]) == (1, 1, "the thing")
@@ -351,14 +352,47 @@ def test_a_new_query_replaces_the_track_and_one_that_finds_nothing_ends_it():
     assert segmenter.fake_tracker.stepped == [1, 2]
 
 
-def test_a_query_with_several_instances_tracks_the_first_and_a_no_target_query_ends_the_track():
-    service, segmenter, sink, _ = tracking_service()
-    segmenter.behaviour = "multi"
+def test_every_instance_is_tracked_and_the_track_is_lost_with_its_last_instance():
+    clock, sink = ManualClock(T0), RecordingSink()
+    segmenter = FakeSegmenter("multi")
+    first, second = segmenter.fake_tracker, ShiftedTracker(segmenter.activity)
+    second.lost_at, first.lost_at = {2}, {3}
+    opened = iter([first, second])
+    params = LensParams.from_ros({"model.name": "fake", "tracking.enabled": True, "frames.max_age_s": 0.0,
+                                  "tracking.reacquire_on_lost": False})
+    service = LensService(params, KIT, sink, clock, image_source="/camera/image_raw", load=lambda *_: segmenter,
+                          track=lambda *_: next(opened), synchronous=True)
+    service.activate()
     service.on_image(frame(0))
     service.on_query("the things")
     result = segmenter.predict(marked(0), "x")
-    np.testing.assert_array_equal(segmenter.fake_tracker.seed_masks[0], result.instances[0].mask)
-    assert result.mask.sum() > result.instances[0].mask.sum()  # not the union
+    for tracker, instance in zip((first, second), result.instances, strict=True):  # each seeded with its own mask
+        assert tracker.started_on == [0] and np.array_equal(tracker.seed_masks[0], instance.mask)
+    for index in (1, 2, 3, 4):
+        service.on_image(frame(index))
+    assert (first.stepped, second.stepped) == ([1, 2, 3], [1, 2])
+    seen = statuses(sink)
+    assert [(s["status"], [i["status"] for i in s["instances"]]) for s in seen] == [
+        ("tracking", ["tracking", "tracking"]), ("tracking", ["tracking", "lost"]), ("lost", ["lost", "no_track"])]
+    assert (seen[0]["score"], seen[0]["box"], seen[0]["mask_area"]) == (0.7, [1, 1, 15, 5], 32)
+    assert seen[1]["instances"][1] == {"status": "lost", "score": 0.1, "box": [12, 2, 16, 6], "mask_area": 0,
+                                       "error": None}
+    assert seen[2]["reason"] == "the tracker lost the target (score 0.100)"
+    assert [out for out, _ in sink.published][5:] == [*TRACK_OUTPUTS * 2, Output.TRACK_STATUS]
+    instances = np.asarray(sink.of(Output.TRACK_INSTANCES)[0].data).reshape(48, 64)
+    assert (instances[1:5, 1:5] == 1).all() and (instances[1:5, 11:15] == 2).all() and instances.sum() == 16 * 3
+    assert stamp_of(sink.of(Output.TRACK_INSTANCES)[0]) == frame_stamp(1)
+    detections = [[(d.id, d.results[0].hypothesis.class_id) for d in array.detections]
+                  for array in sink.of(Output.TRACK_DETECTIONS)]
+    assert detections == [[("1/1", "thing"), ("1/2", "other thing")], [("1/1", "thing")]]
+    segmenter.behaviour = "ok"
+    service.on_query("the thing")  # one instance: the second tracker is stopped, the first seeded again
+    assert second.stops == 1 and first.started_on == [0, 4]
+
+
+def test_a_query_that_finds_no_target_ends_the_track():
+    service, segmenter, sink, _ = tracking_service()
+    seed(service, segmenter)
     service.on_image(frame(1))
     segmenter.behaviour = "no_target"
     service.on_query("the unicorn")
@@ -462,8 +496,9 @@ def test_a_stop_while_a_reacquisition_is_being_made_still_cancels_it():
         return 2
 
     params = LensParams.from_ros({"tracking.enabled": True})
-    tracking = Tracking(segmenter.fake_tracker, params, frames, TrackPublisher(KIT, sink), NodeStats(), ManualClock(),
-                        new_id_meanwhile_stopped, rate_limited=False)
+    tracking = Tracking(TrackerPool(segmenter.fake_tracker, segmenter.tracker), params, frames,
+                        TrackPublisher(KIT, sink), NodeStats(), ManualClock(), new_id_meanwhile_stopped,
+                        rate_limited=False)
     frames.put(Frame.from_msg(frame(0), compressed=False, received_s=0.0))
     seed_frame = frames.take_latest()
     query = Query(1, "the thing", 0.0)

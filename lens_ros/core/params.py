@@ -65,6 +65,9 @@ class LensParams:
         "/diagnostics", "topics.diagnostics", "diagnostic_msgs/DiagnosticArray output.", nonempty=True)
     track_mask_topic: str = _param("track/mask", "topics.track_mask", "mono8 mask of each tracked frame.",
                                    nonempty=True)
+    track_instances_topic: str = _param(
+        "track/instances", "topics.track_instances",
+        "mono8 instance image of each tracked frame: 0 background, i + 1 instance i.", nonempty=True)
     track_detections_topic: str = _param(
         "track/detections", "topics.track_detections", "vision_msgs/Detection2DArray of each tracked frame.",
         nonempty=True)

@@ -5,14 +5,15 @@ import dataclasses
 import enum
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from lens_ros.core import messages
 from lens_ros.core.image_codec import encode_image, mask_to_mono8
-from lens_ros.core.outcome import ERROR, NO_TARGET, QueryOutcome, TrackEvent
+from lens_ros.core.outcome import ERROR, NO_TARGET, TRACKING, QueryOutcome, TrackEvent
+from lens_model.instance_tracks import frame_mask
 from lens_model.visualize import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class Output(str, enum.Enum):
     DEBUG_IMAGE = "debug_image"
     DIAGNOSTICS = "diagnostics"
     TRACK_MASK = "track_mask"
+    TRACK_INSTANCES = "track_instances"
     TRACK_DETECTIONS = "track_detections"
     TRACK_STATUS = "track_status"
 
@@ -43,6 +45,7 @@ OUTPUT_TYPES = {
     Output.DEBUG_IMAGE: "sensor_msgs/msg/Image",
     Output.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
     Output.TRACK_MASK: "sensor_msgs/msg/Image",
+    Output.TRACK_INSTANCES: "sensor_msgs/msg/Image",
     Output.TRACK_DETECTIONS: "vision_msgs/msg/Detection2DArray",
     Output.TRACK_STATUS: "std_msgs/msg/String",
 }
@@ -63,6 +66,7 @@ def output_topics(params: Any) -> dict[Output, str]:
         names[Output.DEBUG_IMAGE] = params.debug_image_topic
     if params.tracking:
         names[Output.TRACK_MASK] = params.track_mask_topic
+        names[Output.TRACK_INSTANCES] = params.track_instances_topic
         names[Output.TRACK_DETECTIONS] = params.track_detections_topic
         names[Output.TRACK_STATUS] = params.track_status_topic
     return names
@@ -151,10 +155,12 @@ class OutcomePublisher:
 
 
 class TrackPublisher:
-    """Publishes one track event: for ``tracking`` the mask and detections, stamped with the header of the
-    frame the step ran on, then always the JSON status last (alone for ``lost``, ``error`` and ``stopped``).
+    """Publishes one track event: for ``tracking`` the mask (every instance's), the instance image and the
+    detections (one per instance tracked on the frame), stamped with the header of the frame the step ran
+    on, then always the JSON status last (alone for ``lost``, ``error`` and ``stopped``).
 
-    ``label`` is the detections' ``class_id``: the grounded label of the query that seeded the track.
+    ``labels`` are the detections' ``class_id`` per instance: the grounded labels of the query that seeded
+    the track; a detection's ``id`` is the instance's, as on the query's own detections.
     """
 
     def __init__(self, kit: Any, sink: Sink) -> None:
@@ -162,14 +168,14 @@ class TrackPublisher:
         self._sink = sink
         self._lock = threading.Lock()
 
-    def publish(self, event: TrackEvent, mask: np.ndarray | None = None, label: str = "") -> None:
+    def publish(self, event: TrackEvent, labels: Sequence[str] = ()) -> None:
         with self._lock:
             try:
-                frame_outputs = self._frame_outputs(event, mask, label)
+                frame_outputs = self._frame_outputs(event, labels)
                 status_json = event.to_json()
             except Exception as exc:  # the frame still gets its status
                 log.exception("cannot build track outputs for query %d", event.query_id)
-                event = dataclasses.replace(event, status=ERROR, score=None, box=None, mask_area=None,
+                event = dataclasses.replace(event, status=ERROR, score=None, box=None, mask_area=None, instances=(),
                                             error=f"cannot build output messages: {type(exc).__name__}: {exc}")
                 frame_outputs = []
                 status_json = event.to_json()
@@ -177,14 +183,18 @@ class TrackPublisher:
                 self._sink(output, msg)
             self._sink(Output.TRACK_STATUS, messages.string(self._kit, status_json))
 
-    def _frame_outputs(self, event: TrackEvent, mask: np.ndarray | None, label: str) -> list[tuple[Output, Any]]:
-        if event.frame is None or mask is None:  # only ``tracking`` events come with a mask
+    def _frame_outputs(self, event: TrackEvent, labels: Sequence[str]) -> list[tuple[Output, Any]]:
+        if event.frame is None or event.status != TRACKING:
             return []
         kit = self._kit
         hdr = messages.header(kit, event.frame.stamp, event.frame.frame_id)
-        outputs = [(Output.TRACK_MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8")))]
+        shape = next(step.mask.shape for step in event.instances if step.mask is not None)
+        mask, instances = frame_mask(event.instances, shape)
+        outputs = [(Output.TRACK_MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8"))),
+                   (Output.TRACK_INSTANCES, messages.image(kit, hdr, encode_image(instances, "mono8")))]
         if kit.has_detections:
-            found = [] if event.box is None else [  # the track follows the query's first instance
-                messages.detection(kit, hdr, event.box, label, event.score, messages.detection_id(event.query_id, 1))]
+            found = [messages.detection(kit, hdr, step.box, label, step.score, messages.detection_id(event.query_id, n))
+                     for n, (step, label) in enumerate(zip(event.instances, labels, strict=True), start=1)
+                     if step.status == TRACKING and step.box is not None]
             outputs.append((Output.TRACK_DETECTIONS, kit.Detection2DArray(header=hdr, detections=found)))
         return outputs
