@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 from ros_fixtures import (
-    KIT, FakeSegmenter, ManualClock, RecordingSink, ShiftedTracker, image_msg, make_service, marked, raw_image_msg,
-    wait_until)
+    KIT, FakeSegmenter, FakeTracker, ManualClock, RecordingSink, ShiftedTracker, image_msg, make_service, marked,
+    raw_image_msg, wait_until)
 
 from lens_ros.core.frames import Frame, LatestFrameBuffer, Stamp
 from lens_ros.core.outcome import QueryOutcome
@@ -508,3 +508,20 @@ def test_a_stop_while_a_reacquisition_is_being_made_still_cancels_it():
     _, reacquisition = tracking.step()
     assert [s["status"] for s in statuses(sink)] == ["lost"]
     assert reacquisition.trigger == "lost" and not tracking.wants(reacquisition)
+
+
+def test_the_tracker_pool_opens_trackers_as_needed_and_no_more_than_an_answer_holds():
+    segmenter = FakeSegmenter()
+    opened = []
+
+    def open_one():
+        opened.append(FakeTracker(segmenter.activity))
+        return opened[-1]
+
+    pool = TrackerPool(segmenter.fake_tracker, open_one)
+    hand_out = pool.take(3)
+    assert [hand_out(), hand_out(), hand_out()] == [segmenter.fake_tracker, *opened] and len(opened) == 2
+    pool.take(2)
+    assert len(opened) == 2  # kept for later queries, none opened again
+    with pytest.raises(ValueError, match="33 instances, more than the 32"):
+        pool.take(33)
