@@ -15,6 +15,7 @@ from ros_fixtures import FakeSegmenter
 
 from lens_model import cli, staged_outputs
 from lens_model.cli import main
+from lens_model.visualize import BOX_COLOUR
 
 OUTPUTS = ("mask.png", "instances.png", "overlay.png", "result.json")
 
@@ -81,6 +82,8 @@ def test_every_instance_is_written_listed_and_printed(image_file, tmp_path, monk
     assert result["box"] == [0, 0, 70, 45] and result["mask_area"] == 2 * 45 * 70
     assert (instances[:45, :70] == 1).all() and (instances[45:, 70:] == 2).all()
     assert (instances[:45, 70:] == 0).all() and (instances[45:, :70] == 0).all()
+    overlay = cv2.imread(str(out / "overlay.png"))[:, :, ::-1]
+    assert overlay[44, 69].tolist() == overlay[89, 139].tolist() == list(BOX_COLOUR)  # both boxes' corners
     printed = capsys.readouterr().out
     assert "status: ok, 2 instances" in printed
     assert "instance 2: box [70.0, 45.0, 140.0, 90.0], label other thing, score 0.500" in printed
