@@ -153,7 +153,7 @@ def test_parameter_precedence_file_then_user_ros_args_then_shortcuts(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("/**:\n  ros__parameters:\n    queries: {max_length: 50, queue_size: 9}\n"
                       "    model: {device: cuda}\n")
-    args = argparse.Namespace(params_file=str(params), model=None, device="cpu", image_topic=None, tracking=None)
+    args = argparse.Namespace(params_file=str(params), model=None, device="cpu", image_topic=None)
     user = ["--ros-args", "-p", "queries.max_length:=100", "-p", "model.device:=cuda:1"]
     with ros_environment():
         rclpy.init(args=["lens_node", *rcl_arguments(args, user)], domain_id=DOMAIN_ID)
