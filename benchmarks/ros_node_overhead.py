@@ -18,7 +18,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from lens_model.result import SegmentationResult
+from lens_model.instance_tracks import InstanceStep
+from lens_model.result import Instance, SegmentationResult
 from lens_ros.core import messages
 from lens_ros.core.frames import Frame, LatestFrameBuffer, Stamp
 from lens_ros.core.image_codec import compressed_msg_to_rgb, encode_image, image_msg_to_rgb
@@ -59,15 +60,16 @@ def stages(height: int, width: int) -> dict[str, Callable[[], object]]:
     frame = Frame.from_msg(rgb_msg, compressed=False, received_s=1.0)
     mask = np.zeros((height, width), bool)
     mask[height // 4: height // 2, width // 4: width // 2] = True
-    result = SegmentationResult("the red box", mask, (width / 4, height / 4, width / 2, height / 2), "ok", "red box",
-                                0.9, "the red region is a box", "<answer>...</answer>", {"generate": 100.0})
+    box = (width / 4, height / 4, width / 2, height / 2)
+    result = SegmentationResult("the red box", mask, box, "ok", "red box", 0.9, "the red region is a box",
+                                "<answer>...</answer>", {"generate": 100.0}, instances=[Instance(box, mask, 0.9, "red box")])
     outcome = QueryOutcome(1, "the red box", "ok", frame=frame, frame_age_s=0.01, result=result)
 
     def serialise(_output, msg) -> None:
         msg.serialize()
 
-    event = TrackEvent(1, 1, "the red box", TRACKING, frame=frame, score=0.9, box=result.box,
-                       mask_area=int(mask.sum()))
+    event = TrackEvent(1, 1, "the red box", TRACKING, frame=frame, score=0.9, box=box, mask_area=int(mask.sum()),
+                       instances=[InstanceStep(TRACKING, 0.9, box, mask)])
     track_publisher = TrackPublisher(KIT, serialise)
     publisher = OutcomePublisher(KIT, serialise, None)
     debug_publisher = OutcomePublisher(KIT, serialise, RateLimiter(1e9, time.perf_counter))
@@ -79,7 +81,7 @@ def stages(height: int, width: int) -> dict[str, Callable[[], object]]:
         "query: decode JPEG q90": lambda: compressed_msg_to_rgb(jpeg_msg),
         "query: build + serialise outputs": lambda: publisher.publish(outcome, rgb),
         "query: same, with debug overlay": lambda: debug_publisher.publish(outcome, rgb),
-        "tracked frame: build + serialise track outputs": lambda: track_publisher.publish(event, mask, "red box"),
+        "tracked frame: build + serialise track outputs": lambda: track_publisher.publish(event, ["red box"]),
         "(reference) DDS serialise input Image": rgb_msg.serialize,
     }
 

@@ -3,6 +3,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import NoReturn
 
 from lens_model.builtin import DEMO_MODEL, TINY_RANDOM
 from lens_model.image_io import MAX_IMAGE_PIXELS, display_path, encode_png, read_image_file
+from lens_model.result import SegmentationResult
 from lens_model.staged_outputs import StagedOutputs
 
 TRACK_MODES = ("box", "memory")  # lens_model.tracker.TrackMode
@@ -45,9 +47,10 @@ def _positive_int(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="lens-segment",
-        description="Find what QUERY refers to in IMAGE; write mask.png, overlay.png and result.json to --out. "
-                    "With VIDEO: find it in the first frame and track it through the rest; write masks/, "
-                    "track.jsonl, overlay.mp4 and result.json to --out.",
+        description="Find what QUERY refers to in IMAGE; write mask.png, instances.png, overlay.png and result.json "
+                    "to --out. "
+                    "With VIDEO: find it in the first frame and track it (every instance) through the rest; write "
+                    "masks/, instances/, track.jsonl, overlay.mp4 and result.json to --out.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image",
@@ -118,17 +121,30 @@ def _run(args: argparse.Namespace) -> int:
         result = predictor.predict(image, args.query, template=args.template, max_new_tokens=args.max_new_tokens)
 
         outputs.write("mask.png", encode_png(result.mask.astype(np.uint8) * 255))
+        outputs.write("instances.png", encode_png(result.instance_map()))
         outputs.write("overlay.png", encode_png(cv2.cvtColor(draw_overlay(image, result), cv2.COLOR_RGB2BGR)))
         summary = {"image": display_path(args.image), "model": args.model, **result.to_dict()}
         outputs.write("result.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
         outputs.commit()
     out = display_path(args.out)
-    box = "none (" + result.box_status + ")" if result.box is None else "[" + ", ".join(f"{v:.1f}" for v in result.box) + "]"
-    print(f"query: {query}\nbox: {box}\nlabel: {result.label}\nscore: {result.score:.3f}")
+    print(f"query: {query}\n{_status_line(result)}")
+    for number, instance in enumerate(result.instances, start=1):
+        box = ", ".join(f"{v:.1f}" for v in instance.box)
+        print(f"instance {number}: box [{box}], label {instance.label}, score {instance.score:.3f}")
     if result.reasoning:
         print(f"reasoning: {result.reasoning}")
-    print(f"wrote mask.png, overlay.png and result.json to {out} ({result.timings_ms['total']:.0f} ms)")
+    print(f"wrote mask.png, instances.png, overlay.png and result.json to {out} "
+          f"({result.timings_ms['total']:.0f} ms)")
     return 0
+
+
+def _status_line(result: SegmentationResult) -> str:
+    if result.status == "ok":
+        count = len(result.instances)
+        return f"status: ok, {count} instance{'s' if count > 1 else ''}"
+    if result.status == "no_target":
+        return "status: no_target (the model says nothing matches the query)"
+    return f"status: no_box ({result.box_status})"
 
 
 def _load(args: argparse.Namespace, dtype: str):
@@ -157,8 +173,12 @@ def _run_video(args: argparse.Namespace) -> int:
         predictor = _load(args, dtype)
         from lens_model.tracker import TrackerConfig
 
-        tracker = predictor.tracker(TrackerConfig(mode=args.track_mode), memory_weights=args.memory_weights)
-        run = segment_video(predictor, tracker, reader, args.query, outputs, template=args.template,
+        def new_tracker():  # one per instance of the query's result
+            return predictor.tracker(TrackerConfig(mode=args.track_mode), memory_weights=args.memory_weights)
+
+        # The first is opened before any frame is read, so that an unusable tracker fails before the query runs.
+        trackers = itertools.chain([new_tracker()], iter(new_tracker, None))
+        run = segment_video(predictor, lambda: next(trackers), reader, args.query, outputs, template=args.template,
                             max_new_tokens=args.max_new_tokens, max_frames=args.max_frames)
         summary = result_summary(args.video, args.model, run, args.track_mode)
         outputs.write("result.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
@@ -167,7 +187,7 @@ def _run_video(args: argparse.Namespace) -> int:
     print(f"query on frame 0: {run.result.box_status}, score {run.result.score:.3f}; {run.frames} frames: "
           f"{track['tracking']} tracked, {track['lost']} lost, {track['error']} error, {track['no_track']} without "
           f"a track")
-    print(f"wrote masks/, {TRACK_LINES}, {OVERLAY} and result.json to {display_path(args.out)}")
+    print(f"wrote masks/, instances/, {TRACK_LINES}, {OVERLAY} and result.json to {display_path(args.out)}")
     return 0
 
 

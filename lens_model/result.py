@@ -1,6 +1,7 @@
 """The result of one text-prompted segmentation, independent of how it was produced."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,18 @@ def mask_to_box(mask: np.ndarray) -> Box:
     if rows.size == 0:
         raise ValueError("an empty mask has no box")
     return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+
+def instance_map(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """uint8 H x W image of ``shape``: 0 is background, i + 1 the pixels of ``masks[i]``. Where masks
+    overlap, the earlier one wins (answer order: the first instance is the one ``box`` and ``label``
+    describe). At most 255 masks fit; an answer holds at most 32 (``answer_parser.MAX_INSTANCES``)."""
+    if len(masks) > 255:
+        raise ValueError(f"{len(masks)} instances do not fit in a uint8 instance image (at most 255)")
+    image = np.zeros(shape, np.uint8)
+    for index in reversed(range(len(masks))):  # the earlier instances are drawn last, over the later ones
+        image[masks[index]] = index + 1
+    return image
 
 
 @dataclass
@@ -68,6 +81,10 @@ class SegmentationResult:
         if self.instances:
             return "ok"
         return "no_target" if self.box_status == NO_TARGET else "no_box"
+
+    def instance_map(self) -> np.ndarray:
+        """The instances as one uint8 image of the mask's size (``instance_map``): 0 background, i + 1 instance i."""
+        return instance_map([instance.mask for instance in self.instances], self.mask.shape)
 
     @property
     def mask_area(self) -> int:

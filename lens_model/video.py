@@ -1,5 +1,12 @@
 """``lens-segment --video``: the query on the first frame, then the tracker through the rest.
 
+Several instances: each is followed by a tracker of its own (``lens_model.instance_tracks``). A frame's
+mask is the union of the instances' masks, its ``instances/`` image numbers them (0 background, i + 1
+instance i, the earlier one winning an overlap), and its line gives each instance's step and a summary:
+the frame is ``tracking`` while any instance is, else ``lost`` when one was lost on it, else ``error``
+when one could not use it, else ``no_track``; the summary's score is the mean and its box the box around
+those instances' (with one instance, that instance's).
+
 Streaming: one decoded frame is held at a time. Each frame's mask PNG, its line of ``track.jsonl`` and
 its overlay frame go to the staging folder (``StagedOutputs``) as soon as the frame is done, so memory
 does not grow with the video's length; the disk holds one mask PNG per frame and the overlay video
@@ -18,7 +25,7 @@ import math
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,9 +36,12 @@ from tqdm import tqdm
 
 from lens_model.errors import InputError
 from lens_model.image_io import check_pixel_budget, display_path, encode_png
+from lens_model.instance_tracks import (
+    ERROR, LOST, NO_TRACK, QUERY, TRACKING, FrameSummary, InstanceStep, InstanceTracks, Tracker, frame_mask,
+    query_steps)
 from lens_model.result import Box, SegmentationResult
 from lens_model.staged_outputs import StagedOutputs
-from lens_model.visualize import draw_mask_and_box, draw_overlay
+from lens_model.visualize import draw_mask_and_boxes, draw_overlay
 
 MASKS = "masks"  # DIR/masks/000000.png, ...
 TRACK_LINES = "track.jsonl"
@@ -40,9 +50,7 @@ OVERLAY_FOURCC = "mp4v"  # MPEG-4 Part 2: the encoder opencv-python-headless has
 DEFAULT_FPS = 30.0  # for the overlay when the video does not say its frame rate
 CONTAINERS = "MP4/MOV, AVI, Matroska or WebM"
 _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")  # an MP4/MOV file's first box
-# What a frame's line says: the query ran on it, the track gave it a mask, lost the target on it,
-# could not use it (the track goes on), or there was no track (the query found nothing, or it was lost).
-QUERY, TRACKING, LOST, ERROR, NO_TRACK = "query", "tracking", "lost", "error", "no_track"
+INSTANCES = "instances"  # DIR/instances/000000.png, ...
 
 
 def container_of(head: bytes) -> str | None:
@@ -126,15 +134,9 @@ class Predictor(Protocol):
                 max_new_tokens: int | None = None) -> SegmentationResult: ...
 
 
-class Tracker(Protocol):  # lens_model.tracker.LensTracker
-    def start(self, image: np.ndarray, mask: np.ndarray) -> None: ...
-
-    def step(self, image: np.ndarray) -> Any: ...
-
-
 @dataclass
 class FrameLine:
-    """One line of track.jsonl."""
+    """One line of track.jsonl: the frame's summary, then each instance's step."""
 
     index: int
     status: str
@@ -142,13 +144,21 @@ class FrameLine:
     box: Box | None = None
     mask_area: int = 0
     error: str | None = None
+    instances: Sequence[InstanceStep] = ()
+
+    @classmethod
+    def of(cls, index: int, steps: Sequence[InstanceStep], mask: np.ndarray) -> FrameLine:
+        """The line of a tracked frame (``FrameSummary``); the area is the frame's mask's."""
+        summary = FrameSummary.of(steps)
+        return cls(index, summary.status, summary.score, summary.box, int(mask.sum()), summary.error, steps)
 
     def to_json(self) -> str:
         return json.dumps({
             "index": self.index, "status": self.status,
             "score": None if self.score is None else round(float(self.score), 4),
             "box": None if self.box is None else [round(float(v), 2) for v in self.box],
-            "mask_area": self.mask_area, "error": self.error}, ensure_ascii=False)
+            "mask_area": self.mask_area, "error": self.error,
+            "instances": [step.to_dict() for step in self.instances]}, ensure_ascii=False)
 
 
 @dataclass
@@ -158,10 +168,11 @@ class VideoRun:
     statuses: collections.Counter[str]
 
 
-def segment_video(predictor: Predictor, tracker: Tracker, reader: VideoReader, query: str, outputs: StagedOutputs,
-                  *, template: str | None = None, max_new_tokens: int | None = None,
+def segment_video(predictor: Predictor, new_tracker: Callable[[], Tracker], reader: VideoReader, query: str,
+                  outputs: StagedOutputs, *, template: str | None = None, max_new_tokens: int | None = None,
                   max_frames: int | None = None) -> VideoRun:
-    """Stage masks/, track.jsonl and overlay.mp4 for ``reader``'s frames (``outputs`` is not committed)."""
+    """Stage masks/, instances/, track.jsonl and overlay.mp4 for ``reader``'s frames (``outputs`` is not
+    committed); ``new_tracker`` gives a tracker for each instance of the query's result."""
     frames = reader.frames(max_frames)
     first = next(frames, None)
     if first is None:
@@ -178,20 +189,25 @@ def segment_video(predictor: Predictor, tracker: Tracker, reader: VideoReader, q
     try:
         with open(outputs.staging_path(TRACK_LINES), "w", encoding="utf-8") as lines:
             result = predictor.predict(first, query, template=template, max_new_tokens=max_new_tokens)
-            tracking = result.box is not None and bool(result.mask.any())
-            if tracking:
-                tracker.start(first, result.mask)
-            line = FrameLine(0, QUERY, result.score, result.box, int(result.mask.sum()))
-            _stage_frame(outputs, overlay, lines, line, result.mask, draw_overlay(first, result))
+            tracks = InstanceTracks(new_tracker, first, result.instances)
+            labels = [instance.label or query for instance in result.instances]
+            line = FrameLine(0, QUERY, result.score, result.box, result.mask_area, None, query_steps(result.instances))
+            _stage_frame(outputs, overlay, lines, line, result.mask, result.instance_map(), draw_overlay(first, result))
             statuses[QUERY] += 1
             progress.update()
-            label = result.label or query
             for index, frame in enumerate(frames, start=1):
-                line, mask = _track_frame(tracker, frame, index, (height, width), tracking)
-                tracking = line.status in (TRACKING, ERROR)
+                if frame.shape[:2] != (height, width):
+                    steps = tracks.refused(f"frame of {frame.shape[1]}x{frame.shape[0]} pixels in a video of "
+                                           f"{width}x{height}")
+                else:
+                    steps = tracks.step(frame)
+                mask, instances = frame_mask(steps, (height, width))
+                line = FrameLine.of(index, steps, mask)
                 picture = cv2.resize(frame, (width, height)) if frame.shape[:2] != (height, width) else frame
-                caption = f"{label} {line.score:.2f}" if line.status == TRACKING else line.status.replace("_", " ")
-                _stage_frame(outputs, overlay, lines, line, mask, draw_mask_and_box(picture, mask, line.box, caption))
+                captions = [(step.box, f"{label} {step.score:.2f}") for step, label in zip(steps, labels, strict=True)
+                            if step.status == TRACKING] or [(None, line.status.replace("_", " "))]
+                picture = draw_mask_and_boxes(picture, mask, captions)
+                _stage_frame(outputs, overlay, lines, line, mask, instances, picture)
                 statuses[line.status] += 1
                 progress.update()
     finally:
@@ -206,27 +222,10 @@ def segment_video(predictor: Predictor, tracker: Tracker, reader: VideoReader, q
     return VideoRun(result, count, statuses)
 
 
-def _track_frame(tracker: Tracker, frame: np.ndarray, index: int, size: tuple[int, int],
-                 tracking: bool) -> tuple[FrameLine, np.ndarray]:
-    """The line and the mask (frame-sized, of the video's size) of one frame after the first."""
-    empty = np.zeros(size, dtype=bool)
-    if not tracking:
-        return FrameLine(index, NO_TRACK), empty
-    if frame.shape[:2] != size:
-        return FrameLine(index, ERROR, error=f"frame of {frame.shape[1]}x{frame.shape[0]} pixels in a video of "
-                                             f"{size[1]}x{size[0]}"), empty
-    try:
-        step = tracker.step(frame)
-    except InputError as exc:  # the tracker kept its state: the track goes on with the next frame
-        return FrameLine(index, ERROR, error=str(exc)), empty
-    if step.lost:
-        return FrameLine(index, LOST, step.score, step.box), empty
-    return FrameLine(index, TRACKING, step.score, step.box, int(step.mask.sum())), step.mask
-
-
 def _stage_frame(outputs: StagedOutputs, overlay: cv2.VideoWriter, lines: Any, line: FrameLine, mask: np.ndarray,
-                 picture: np.ndarray) -> None:
+                 instances: np.ndarray, picture: np.ndarray) -> None:
     outputs.write(f"{MASKS}/{line.index:06d}.png", encode_png(mask.astype(np.uint8) * 255))
+    outputs.write(f"{INSTANCES}/{line.index:06d}.png", encode_png(instances))
     lines.write(line.to_json() + "\n")
     overlay.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
 

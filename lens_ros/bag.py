@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lens_model.errors import LensError
 from lens_ros.core.names import resolve_topic
-from lens_ros.core.outcome import ERROR, NO_BOX, OK
+from lens_ros.core.outcome import ERROR, NO_BOX, NO_TARGET, OK
 from lens_ros.core.params import LensParams, ParameterError, command_line_overrides, read_params_file
 from lens_ros.core.outcome import LOST, TRACKING
 from lens_ros.core.publishing import OUTPUT_TYPES, Output, output_topics
@@ -144,11 +144,15 @@ def replay(args: argparse.Namespace, params: LensParams, load: Loader = load_seg
         image_type = input_image_type(reader, args)
         # fail before creating the output bag
         segmenter = load(params.model_name, params.device, params.dtype)
-        tracker = track(segmenter, params) if params.tracking else None
+        opened = [track(segmenter, params)] if params.tracking else []  # an unusable tracker fails here
+
+        def open_tracker_once_opened(model: Any, settings: LensParams) -> Any:
+            return opened.pop() if opened else track(model, settings)  # the service opens one per instance
+
         with Writer(args.output, version=8, storage_plugin=STORAGES[args.storage]) as writer:
             sink = BagSink(writer, typestore, OutputTopics.from_params(params, args.namespace, "lens_node"), clock)
             service = LensService(params, rosbags_kit(typestore), sink, clock, image_source=args.image_topic,
-                                  load=lambda *_: segmenter, track=lambda *_: tracker, synchronous=True)
+                                  load=lambda *_: segmenter, track=open_tracker_once_opened, synchronous=True)
             service.activate()
             try:
                 _replay_messages(reader, args, service, clock, image_type)
@@ -194,8 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BagError, ParameterError, LensError, AnyReaderError, WriterError) as exc:
         log.error("%s", exc)
         return 2
-    print(f"wrote {args.output}: {statuses[OK]} ok, {statuses[NO_BOX]} no_box, {statuses[ERROR]} error results"
-          f"; {statuses['tracked']} tracked frames, {statuses['lost']} lost")
+    print(f"wrote {args.output}: {statuses[OK]} ok, {statuses[NO_TARGET]} no_target, {statuses[NO_BOX]} no_box, "
+          f"{statuses[ERROR]} error results; {statuses['tracked']} tracked frames, {statuses['lost']} lost")
     return 0
 
 

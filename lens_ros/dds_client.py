@@ -62,11 +62,13 @@ class LensDdsClient:
                                       qos=ros_qos("reliable", 1))
         inputs = {  # name: (topic, type, history depth)
             "mask": (p.mask_topic, idl.Image, p.output_depth),
+            "instances": (p.instances_topic, idl.Image, p.output_depth),
             "detections": (p.detections_topic, idl.Detection2DArray, p.output_depth),
             "reasoning": (p.reasoning_topic, idl.String, p.output_depth),
             "result": (p.result_topic, idl.String, p.result_depth),
             "diagnostics": (p.diagnostics_topic, idl.DiagnosticArray, p.output_depth),
             "track_mask": (p.track_mask_topic, idl.Image, p.output_depth),
+            "track_instances": (p.track_instances_topic, idl.Image, p.output_depth),
             "track_detections": (p.track_detections_topic, idl.Detection2DArray, p.output_depth),
             "track_status": (p.track_status_topic, idl.String, p.output_depth),
         }

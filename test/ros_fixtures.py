@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lens_model.errors import InputError
-from lens_model.result import Box, SegmentationResult
+from lens_model.result import NO_TARGET, Box, Instance, SegmentationResult
 from lens_ros.core import messages
 from lens_ros.core.frames import Stamp
 from lens_ros.core.image_codec import encode_image
@@ -107,10 +107,22 @@ class FakeTracker:
         self._shape = None
 
 
+class ShiftedTracker(FakeTracker):
+    """FakeTracker's square moved 10 pixels right, with score 0.5: another object."""
+
+    def step(self, image: np.ndarray) -> FakeTrackStep:
+        step = super().step(image)
+        step.mask = np.roll(step.mask, 10, axis=1)
+        x1, y1, x2, y2 = step.box
+        step.box, step.score = (x1 + 10, y1, x2 + 10, y2), 0.1 if step.lost else 0.5
+        return step
+
+
 class FakeSegmenter:
     """Test double: the box is the top-left quarter of the image, the mask that box, label "thing".
 
-    ``behaviour`` may be "ok", "no_box", "raise", "oom" or "bad_mask"; ``gate`` (if set) makes
+    ``behaviour`` may be "ok", "multi" (a second instance, the bottom-right quarter, label "other thing"),
+    "no_target", "no_box", "raise", "oom" or "bad_mask"; ``gate`` (if set) makes
     predict wait until it is set, to hold the worker busy. ``tracker()`` is its one FakeTracker.
     """
 
@@ -159,10 +171,25 @@ class FakeSegmenter:
         if self.behaviour == "no_box":
             return SegmentationResult(query, mask, None, "no box in answer", None, 0.0, "hmm", "nothing",
                                       {"generate": 1.0})
-        mask[: height // 2, : width // 2] = True
-        box = (0.0, 0.0, width / 2.0, height / 2.0)
-        return SegmentationResult(query, mask, box, "ok", "thing", 0.75, "it is there", "<answer>[...]</answer>",
-                                  {"generate": 2.0, "mask_decoder": 1.0})
+        if self.behaviour == "no_target":
+            return SegmentationResult(query, mask, None, NO_TARGET, None, 0.0, "none here", "<answer>[]</answer>",
+                                      {"generate": 1.0})
+        instances = [quarter_instance(height, width, 0, 0, "thing", 0.75)]
+        if self.behaviour == "multi":
+            instances.append(quarter_instance(height, width, height // 2, width // 2, "other thing", 0.5))
+        for instance in instances:
+            mask[:height] |= instance.mask
+        return SegmentationResult(query, mask, instances[0].box, "ok", "thing", 0.75, "it is there",
+                                  "<answer>[...]</answer>", {"generate": 2.0, "mask_decoder": 1.0},
+                                  instances=instances)
+
+
+def quarter_instance(height: int, width: int, top: int, left: int, label: str, score: float) -> Instance:
+    """An instance whose mask and box are the quarter of a height x width image at (top, left)."""
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top:top + height // 2, left:left + width // 2] = True
+    box = (float(left), float(top), float(left + width // 2), float(top + height // 2))
+    return Instance(box, mask, score, label)
 
 
 class ManualClock:

@@ -11,11 +11,13 @@ import pytest
 import torch
 from image_fixtures import png_claiming, refuse_to_decode
 from model_fixtures import scene
+from ros_fixtures import FakeSegmenter
 
-from lens_model import staged_outputs
+from lens_model import cli, staged_outputs
 from lens_model.cli import main
+from lens_model.visualize import BOX_COLOUR
 
-OUTPUTS = ("mask.png", "overlay.png", "result.json")
+OUTPUTS = ("mask.png", "instances.png", "overlay.png", "result.json")
 
 
 @pytest.fixture()
@@ -50,8 +52,50 @@ def test_success_writes_mask_overlay_and_json(image_file, tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     for key in ("query", "box", "score", "label", "reasoning", "answer", "timings_ms"):
         assert key in result
-    assert result["random_weights"] is True
+    assert result["random_weights"] is True and result["status"] in ("ok", "no_target", "no_box")
+    instances = cv2.imread(str(out / "instances.png"), cv2.IMREAD_UNCHANGED)
+    assert instances.shape == (90, 140) and instances.dtype == np.uint8
+    assert not instances[mask == 0].any() and set(np.unique(instances)) <= set(range(len(result["instances"]) + 1))
     assert "RANDOM weights" in capsys.readouterr().err
+
+
+class TimedFake(FakeSegmenter):
+    """FakeSegmenter with the predictor's total time, as lens-segment prints it."""
+
+    def predict(self, image_rgb, query, *, template=None, max_new_tokens=None):
+        result = super().predict(image_rgb, query, template=template, max_new_tokens=max_new_tokens)
+        result.timings_ms["total"] = 3.0
+        return result
+
+
+def run_with_fake(behaviour, image_file, out, monkeypatch):
+    monkeypatch.setattr(cli, "_load", lambda args, dtype: TimedFake(behaviour))
+    assert main(["--image", str(image_file), "--query", "the things", "--out", str(out)]) == 0
+    return json.loads((out / "result.json").read_text()), cv2.imread(str(out / "instances.png"), cv2.IMREAD_UNCHANGED)
+
+
+def test_every_instance_is_written_listed_and_printed(image_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    result, instances = run_with_fake("multi", image_file, out, monkeypatch)
+    assert result["status"] == "ok" and [i["label"] for i in result["instances"]] == ["thing", "other thing"]
+    assert [i["box"] for i in result["instances"]] == [[0, 0, 70, 45], [70, 45, 140, 90]]
+    assert result["box"] == [0, 0, 70, 45] and result["mask_area"] == 2 * 45 * 70
+    assert (instances[:45, :70] == 1).all() and (instances[45:, 70:] == 2).all()
+    assert (instances[:45, 70:] == 0).all() and (instances[45:, :70] == 0).all()
+    overlay = cv2.imread(str(out / "overlay.png"))[:, :, ::-1]
+    assert overlay[44, 69].tolist() == overlay[89, 139].tolist() == list(BOX_COLOUR)  # both boxes' corners
+    printed = capsys.readouterr().out
+    assert "status: ok, 2 instances" in printed
+    assert "instance 2: box [70.0, 45.0, 140.0, 90.0], label other thing, score 0.500" in printed
+
+
+def test_no_target_writes_empty_masks_and_says_so(image_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    result, instances = run_with_fake("no_target", image_file, out, monkeypatch)
+    assert (result["status"], result["instances"], result["box"], result["mask_area"]) == ("no_target", [], None, 0)
+    assert instances.shape == (90, 140) and not instances.any()
+    assert not cv2.imread(str(out / "mask.png"), cv2.IMREAD_UNCHANGED).any()
+    assert "status: no_target" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case,message", [

@@ -109,6 +109,6 @@ def test_paths_that_are_not_utf8_work_end_to_end(tmp_path):
     proc = run_cli(b"--image", image, b"--query", b"the red square", b"--model", b"tiny-random", b"--out", out,
                    PYTHONIOENCODING="utf-8:strict")
     assert proc.returncode == 0, proc.stderr.decode("utf-8", "backslashreplace")
-    assert sorted(os.listdir(out)) == [b"mask.png", b"overlay.png", b"result.json"]
+    assert sorted(os.listdir(out)) == [b"instances.png", b"mask.png", b"overlay.png", b"result.json"]
     assert json.loads(open(out + b"/result.json", "rb").read())["image"] == f"{tmp_path}/sc\\xe8ne.png"
     assert f"to {tmp_path}/out\\xff (".encode() in proc.stdout

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from image_fixtures import write_video
-from ros_fixtures import FakeSegmenter, marked
+from ros_fixtures import FakeSegmenter, FakeTracker, ShiftedTracker, marked
 
 from lens_model import image_io
 from lens_model.cli import main
@@ -29,11 +29,12 @@ def video(tmp_path):
     return path
 
 
-def run_fake(video_path, out, segmenter: FakeSegmenter | None = None, tracker=None, **options):
-    """segment_video with the fakes, then commit; returns the run."""
+def run_fake(video_path, out, segmenter: FakeSegmenter | None = None, new_tracker=None, **options):
+    """segment_video with the fakes (by default every instance gets the segmenter's one FakeTracker), then
+    commit; returns the run."""
     segmenter = segmenter or FakeSegmenter()
     with VideoReader(video_path) as reader, StagedOutputs(out) as outputs:
-        run = segment_video(segmenter, tracker or segmenter.tracker(), reader, "the thing", outputs, **options)
+        run = segment_video(segmenter, new_tracker or segmenter.tracker, reader, "the thing", outputs, **options)
         outputs.write("result.json", json.dumps(result_summary(video_path, "fake", run, "box")).encode())
         outputs.commit()
     return run
@@ -63,18 +64,19 @@ def test_the_query_runs_on_the_first_frame_and_the_tracker_on_every_other(video,
     segmenter = FakeSegmenter()
     run = run_fake(video, out, segmenter)
     assert segmenter.fake_tracker.started_on == [0] and segmenter.fake_tracker.stepped == [1, 2, 3, 4, 5]
-    assert sorted(os.listdir(out)) == ["masks", "overlay.mp4", "result.json", "track.jsonl"]
+    assert sorted(os.listdir(out)) == ["instances", "masks", "overlay.mp4", "result.json", "track.jsonl"]
+    assert sorted(os.listdir(out / "instances")) == [f"{index:06d}.png" for index in range(FRAMES)]
     assert sorted(os.listdir(out / "masks")) == [f"{index:06d}.png" for index in range(FRAMES)]
     assert read_mask(out, 0)[:24, :32].all() and read_mask(out, 0).sum() == 24 * 32 * 255  # the query's mask
     for index in range(1, FRAMES):
         rows, cols = np.nonzero(read_mask(out, index))
         assert (rows.min(), cols.min(), len(rows)) == (index, index, 16)  # the square of the frame it ran on
     lines = read_lines(out)
-    assert lines[0] == {"index": 0, "status": "query", "score": 0.75, "box": [0.0, 0.0, 32.0, 24.0],
-                        "mask_area": 768, "error": None}
+    first = {"score": 0.75, "box": [0.0, 0.0, 32.0, 24.0], "mask_area": 768, "error": None}
+    assert lines[0] == {"index": 0, "status": "query", **first, "instances": [{"status": "query", **first}]}
     for index, line in enumerate(lines[1:], start=1):
-        assert line == {"index": index, "status": "tracking", "score": 0.9, "box": [index, index, index + 4, index + 4],
-                        "mask_area": 16, "error": None}
+        step = {"score": 0.9, "box": [index, index, index + 4, index + 4], "mask_area": 16, "error": None}
+        assert line == {"index": index, "status": "tracking", **step, "instances": [{"status": "tracking", **step}]}
     assert overlay_frames(out) == FRAMES
     result = json.loads((out / "result.json").read_text())
     assert (result["frame"], result["box"], result["label"]) == (0, [0.0, 0.0, 32.0, 24.0], "thing")
@@ -95,10 +97,10 @@ def test_a_lost_target_ends_the_track_and_a_rejected_frame_does_not(video, tmp_p
 
     tracker.step = refuse_frame_2
     out = tmp_path / "out"
-    run_fake(video, out, segmenter, tracker)
+    run_fake(video, out, segmenter, lambda: tracker)
     lines = read_lines(out)
     assert [line["status"] for line in lines] == ["query", "tracking", "error", "tracking", "lost", "no_track"]
-    assert lines[2]["error"] == "frame 2 is no good" and lines[4]["score"] == 0.1
+    assert lines[2]["error"] == "tracker rejected the frame: frame 2 is no good" and lines[4]["score"] == 0.1
     assert [read_mask(out, index).any() for index in range(FRAMES)] == [True, True, False, True, False, False]
     assert tracker.stepped == [1, 3, 4]  # the refused frame left the tracker as it was
 
@@ -207,3 +209,48 @@ def test_unusable_videos_are_one_line_errors_before_the_model_loads(case, messag
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("lens-segment: error: ") and message.format(path=path) in lines[0]
     assert not out.exists()
+
+
+def read_instances(out, index: int) -> np.ndarray:
+    image = cv2.imread(str(out / "instances" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (48, 64) and image.dtype == np.uint8
+    return image
+
+
+def test_every_instance_gets_a_tracker_of_its_own(video, tmp_path):
+    out = tmp_path / "out"
+    segmenter = FakeSegmenter("multi")
+    first, second = FakeTracker(segmenter.activity), ShiftedTracker(segmenter.activity)
+    second.lost_at, first.lost_at = {3}, {5}
+    trackers = iter([first, second])
+    run = run_fake(video, out, segmenter, lambda: next(trackers))
+    result = segmenter.predict(marked(0), "x")
+    for tracker, instance in zip((first, second), result.instances, strict=True):  # each seeded with its own mask
+        assert tracker.started_on == [0] and np.array_equal(tracker.seed_masks[0], instance.mask)
+    assert (first.stepped, second.stepped) == ([1, 2, 3, 4, 5], [1, 2, 3])  # a lost instance is followed no more
+
+    lines = read_lines(out)
+    assert [[step["status"] for step in line["instances"]] for line in lines] == [
+        ["query", "query"], *[["tracking", "tracking"]] * 2, ["tracking", "lost"], ["tracking", "no_track"],
+        ["lost", "no_track"]]
+    assert [line["status"] for line in lines] == ["query", "tracking", "tracking", "tracking", "tracking", "lost"]
+    assert lines[0]["box"] == [0.0, 0.0, 32.0, 24.0] and lines[0]["mask_area"] == 2 * 768  # the query's result
+    assert lines[1]["score"] == pytest.approx(0.7) and lines[1]["box"] == [1, 1, 15, 5]  # around both instances
+    assert lines[1]["mask_area"] == 32 and lines[3]["score"] == 0.9 and lines[3]["box"] == [3, 3, 7, 7]
+    assert lines[5]["box"] == [5, 5, 9, 9] and lines[5]["mask_area"] == 0
+
+    assert np.array_equal(read_instances(out, 0), result.instance_map())
+    instances = read_instances(out, 1)
+    assert (instances[1:5, 1:5] == 1).all() and (instances[1:5, 11:15] == 2).all() and instances.sum() == 16 * 3
+    assert set(np.unique(read_instances(out, 4))) == {0, 1} and not read_instances(out, 5).any()
+    assert (read_mask(out, 1) > 0).sum() == 32
+    assert run.statuses == {"query": 1, "tracking": 4, "lost": 1}
+
+
+def test_no_target_starts_no_track(video, tmp_path):
+    out = tmp_path / "out"
+    segmenter = FakeSegmenter("no_target")
+    run_fake(video, out, segmenter)
+    assert [line["status"] for line in read_lines(out)] == ["query", *["no_track"] * 5]
+    assert segmenter.fake_tracker.started_on == [] and not read_mask(out, 0).any()
+    assert json.loads((out / "result.json").read_text())["status"] == "no_target"

@@ -111,3 +111,40 @@ def test_sharding_covers_every_sample_once(data_root, model):
     for meter in meters:
         merged.merge(meter)
     assert len(merged) == len(dataset)
+
+
+def test_score_treats_no_target_and_empty_masks_as_nothing_and_boxes_only_single_targets():
+    """Hand-computed: a no-target sample answered no_target (with a stray mask) and one answered with a box,
+    a two-object sample answered with one of them, a single-object sample answered with an empty mask."""
+    import numpy as np
+
+    from lens_model.result import NO_TARGET, Instance, SegmentationResult
+    from training.data.sample import Sample
+
+    image = np.zeros((2, 4, 3), np.uint8)
+    left, right = np.zeros((2, 4), bool), np.zeros((2, 4), bool)
+    left[:, :2] = True
+    right[:, 2:] = True
+    nothing = np.zeros((2, 4), bool)
+
+    def sample(name, mask, instances=()):
+        return Sample(image, "x", mask, (0, 0, 2, 2), "i", name, name, "test", instances=instances)
+
+    def answer(mask, status="ok"):
+        box = None if status != "ok" else (0.0, 0.0, 2.0, 2.0)
+        instances = [] if box is None else [Instance(box, mask, 0.9, "x")]
+        return SegmentationResult("x", mask, box, NO_TARGET if status == "no_target" else status, "x", 0.9, "", "",
+                                  instances=instances)
+
+    meter = SegmentationMeter()
+    evaluate.score(meter, sample("nt-right", nothing), answer(left, "no_target"))  # stray mask ignored: I=0, U=0
+    evaluate.score(meter, sample("nt-wrong", nothing), answer(left))  # I=0, U=4
+    both = sample("two", left | right, (((0, 0, 2, 2), left), ((2, 0, 4, 2), right)))
+    evaluate.score(meter, both, answer(left))  # I=4, U=8, no box scored
+    evaluate.score(meter, sample("missed", left), answer(nothing))  # answered with nothing: I=0, U=4
+    summary = meter.summary()
+    assert summary["gIoU"] == pytest.approx((1.0 + 0.0 + 0.5 + 0.0) / 4)
+    assert summary["cIoU"] == pytest.approx(4 / (0 + 4 + 8 + 4))
+    assert (summary["N_acc"], summary["T_acc"]) == (0.5, 0.5)
+    assert set(meter.boxes) == {"missed"}
+    assert meter.generations["nt-right"] == (True, 0)  # an empty list is a parsed answer

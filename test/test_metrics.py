@@ -116,3 +116,35 @@ def test_meters_saved_before_groups_existed_still_load() -> None:
     saved = meter.to_dict()
     del saved["groups"]
     assert SegmentationMeter.from_dict(saved) == meter and meter.summary_by_group() == {}
+
+
+def test_n_acc_t_acc_giou_and_ciou_with_no_target_expressions_by_hand() -> None:
+    """GRES/ReLA: "nothing" is scored as an empty mask, so a correct one scores 1.0 in gIoU and adds nothing to
+    cIoU's sums; N-acc and T-acc count the expressions answered right about whether something is there."""
+    empty = np.zeros((2, 5), bool)
+    meter = SegmentationMeter()
+    meter.add_mask("nt-right", empty, empty)  # I=0, U=0 -> 1.0
+    meter.add_presence("nt-right", has_target=False, answered=False)
+    meter.add_mask("nt-wrong", _mask(["##...", "....."]), empty)  # I=0, U=2 -> 0.0
+    meter.add_presence("nt-wrong", has_target=False, answered=True)
+    meter.add_mask("t-missed", empty, _mask(["###..", "....."]))  # I=0, U=3 -> 0.0
+    meter.add_presence("t-missed", has_target=True, answered=False)
+    meter.add_mask("t-found", _mask(["####.", "....."]), _mask(["###..", "#...."]))  # I=3, U=5 -> 0.6
+    meter.add_presence("t-found", has_target=True, answered=True)
+    summary = meter.summary()
+    assert summary["gIoU"] == pytest.approx((1.0 + 0.0 + 0.0 + 0.6) / 4)
+    assert summary["cIoU"] == pytest.approx((0 + 0 + 0 + 3) / (0 + 2 + 3 + 5))
+    assert (summary["num_no_target"], summary["N_acc"], summary["T_acc"]) == (2, 0.5, 0.5)
+    restored = SegmentationMeter.from_dict(json.loads(json.dumps(meter.to_dict())))
+    assert restored == meter and restored.subset(["nt-right", "t-found"]).summary()["N_acc"] == 1.0
+    other = SegmentationMeter()
+    other.add_presence("nt-right", has_target=False, answered=False)
+    with pytest.raises(ValueError, match="presence of sample 'nt-right' was already scored"):
+        meter.merge(other)
+
+
+def test_without_presence_records_n_acc_and_t_acc_are_none() -> None:
+    meter = SegmentationMeter()
+    meter.add_mask("a", _mask(["#."]), _mask(["##"]))
+    summary = meter.summary()
+    assert (summary["num_no_target"], summary["N_acc"], summary["T_acc"]) == (0, None, None)

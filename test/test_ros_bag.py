@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from image_fixtures import png_claiming, refuse_to_decode
-from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, image_msg, open_fake_tracker, pattern_image
+from ros_fixtures import KIT, TYPESTORE, FakeSegmenter, ShiftedTracker, image_msg, open_fake_tracker, pattern_image
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -70,7 +71,7 @@ def test_track_gives_masks_for_every_frame_after_one_query_stamped_per_frame(tmp
     segmenter = FakeSegmenter()
     statuses = run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "the cup",
                     "--track", "--output", str(output)], segmenter)
-    assert statuses == {"ok": 1, "no_box": 0, "error": 0, "tracked": 3, "lost": 0}
+    assert statuses == {"ok": 1, "no_target": 0, "no_box": 0, "error": 0, "tracked": 3, "lost": 0}
     assert segmenter.fake_tracker.started_on == [0] and segmenter.fake_tracker.stepped == [1, 2, 3]
     topics = read_bag(output)
     assert len(topics["/lens/result"]) == len(topics["/lens/mask"]) == 1  # the query ran on the first frame only
@@ -82,9 +83,24 @@ def test_track_gives_masks_for_every_frame_after_one_query_stamped_per_frame(tmp
         assert t_mask == t_det == t_status == int(FRAME_STAMPS[index] * 1e9)  # written at the frame's bag time
         assert (mask.header.stamp.sec, mask.header.stamp.nanosec, mask.header.frame_id) == (
             stamp.sec, stamp.nanosec, f"f{index}")
-        assert detections.header == mask.header and detections.detections[0].id == "1"
+        assert detections.header == mask.header and detections.detections[0].id == "1/1"
         assert (status["status"], status["frame_id"], status["query_id"]) == ("tracking", f"f{index}", 1)
         assert status["stamp"] == {"sec": stamp.sec, "nanosec": stamp.nanosec}
+
+
+def test_track_follows_every_instance_each_with_a_tracker_of_its_own(tmp_path, input_bag):
+    output = tmp_path / "out"
+    segmenter = FakeSegmenter("multi")
+    first, second = segmenter.fake_tracker, ShiftedTracker(segmenter.activity)
+    opened = iter([first, second])
+    run(["--input", str(input_bag), "--image-topic", "/camera/image_raw", "--query", "the cups", "--track",
+         "--output", str(output)], segmenter, track=lambda *_: next(opened))
+    assert (first.started_on, second.started_on, first.stepped, second.stepped) == ([0], [0], [1, 2, 3], [1, 2, 3])
+    topics = read_bag(output)
+    for (_, mask), (_, instances), (_, detections) in zip(topics["/lens/track/mask"], topics["/lens/track/instances"],
+                                                          topics["/lens/track/detections"], strict=True):
+        assert instances.header == mask.header and set(np.asarray(instances.data).tolist()) == {0, 1, 2}
+        assert [d.id for d in detections.detections] == ["1/1", "1/2"]
 
 
 def test_track_with_recorded_queries_and_with_a_stride(tmp_path, input_bag):
@@ -116,21 +132,23 @@ def test_a_tracker_that_cannot_be_opened_leaves_no_output_bag(tmp_path, input_ba
 @pytest.mark.parametrize("image_topic", ["/camera/image_raw", "/camera/image_raw/compressed"])
 def test_recorded_queries_run_on_the_newest_frame_and_all_outputs_are_written(tmp_path, input_bag, image_topic):
     output = tmp_path / "out"
-    segmenter = FakeSegmenter()
+    segmenter = FakeSegmenter("multi")
     statuses = run(["--input", str(input_bag), "--image-topic", image_topic, "--query-topic", "/lens/query",
                     "--output", str(output), "--debug-image"], segmenter)
-    assert statuses == {"ok": 2, "no_box": 0, "error": 0, "tracked": 0, "lost": 0}
+    assert statuses == {"ok": 2, "no_target": 0, "no_box": 0, "error": 0, "tracked": 0, "lost": 0}
     assert [int(image[0, 0, 0]) for image in segmenter.images] == [1, 3]
     topics = read_bag(output)
-    assert {"/lens/mask", "/lens/detections", "/lens/reasoning", "/lens/result", "/lens/debug_image",
-            "/diagnostics"} <= set(topics)
+    assert {"/lens/mask", "/lens/instances", "/lens/detections", "/lens/reasoning", "/lens/result",
+            "/lens/debug_image", "/diagnostics"} <= set(topics)
     results = [json.loads(msg.data) for _, msg in topics["/lens/result"]]
     assert [(r["query"], r["frame_id"]) for r in results] == [("query after 1", "f1"), ("query after 3", "f3")]
-    pairs = zip(topics["/lens/mask"], topics["/lens/detections"], (1, 3), strict=True)
-    for (_, mask), (_, detections), expected in pairs:
+    pairs = zip(topics["/lens/mask"], topics["/lens/instances"], topics["/lens/detections"], (1, 3), strict=True)
+    for (_, mask), (_, instances), (_, detections), expected in pairs:
         stamp = Stamp.from_seconds(FRAME_STAMPS[expected])
         assert (mask.header.stamp.sec, mask.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)
-        assert detections.header == mask.header and detections.detections[0].results[0].hypothesis.class_id == "thing"
+        assert instances.header == detections.header == mask.header and instances.encoding == "mono8"
+        assert set(np.asarray(instances.data).tolist()) == {0, 1, 2}  # the two instances' numbers
+        assert [d.results[0].hypothesis.class_id for d in detections.detections] == ["thing", "other thing"]
     # outputs are written at the bag time of the query that produced them
     assert [t for t, _ in topics["/lens/result"]] == [int(FRAME_STAMPS[i] * 1e9) + 2 for i in (1, 3)]
 
@@ -153,7 +171,7 @@ def test_bag_mode_with_the_tiny_random_model_end_to_end(tmp_path, input_bag, cap
     topics = read_bag(output)
     results = [json.loads(msg.data) for _, msg in topics["/lens/result"]]
     assert [r["frame_id"] for r in results] == ["f0"]
-    assert results[0]["status"] in ("ok", "no_box") and results[0]["random_weights"] is True
+    assert results[0]["status"] in ("ok", "no_target", "no_box") and results[0]["random_weights"] is True
     (_, mask), = topics["/lens/mask"]
     assert (mask.encoding, mask.height, mask.width) == ("mono8", 48, 64)
     assert len(topics["/lens/detections"]) == len(topics["/lens/reasoning"]) == 1
@@ -199,6 +217,6 @@ def test_a_compressed_frame_over_the_pixel_budget_becomes_an_error_result_withou
     segmenter = FakeSegmenter()
     statuses = run(["--input", str(source), "--image-topic", "/camera/compressed", "--query", "x",
                     "--output", str(output)], segmenter)
-    assert statuses == {"ok": 0, "no_box": 0, "error": 1, "tracked": 0, "lost": 0} and not segmenter.calls
+    assert statuses == {"ok": 0, "no_target": 0, "no_box": 0, "error": 1, "tracked": 0, "lost": 0} and not segmenter.calls
     (_, result), = read_bag(output)["/lens/result"]
     assert "30000x30000 = 900.0 MP is over the pixel budget of 50 MP" in json.loads(result.data)["error"]

@@ -49,10 +49,12 @@ def test_track_topics_stamped_per_frame_and_a_stop_on_the_topic(served):
     for index in (1, 2):
         stamps[index] = client.send_image(marked(index), Stamp.from_seconds(T0 + index / 10), f"f{index}")
         assert wait_until(lambda: len(client.track_statuses()) == index, TIMEOUT_S), client.track_statuses()
-    assert wait_until(lambda: len(client.received("track_mask")) == len(client.received("track_detections")) == 2, 5)
-    for index, mask, detections in zip((1, 2), client.received("track_mask"), client.received("track_detections"),
-                                       strict=True):
-        for header in (mask.header, detections.header, detections.detections[0].header):
+    assert wait_until(lambda: len(client.received("track_mask")) == len(client.received("track_detections"))
+                      == len(client.received("track_instances")) == 2, 5)
+    for index, mask, instances, detections in zip((1, 2), client.received("track_mask"),
+                                                  client.received("track_instances"),
+                                                  client.received("track_detections"), strict=True):
+        for header in (mask.header, instances.header, detections.header, detections.detections[0].header):
             assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (
                 stamps[index].sec, stamps[index].nanosec, f"f{index}")
         pixels = np.frombuffer(mask.data, np.uint8).reshape(mask.height, mask.width)
@@ -60,6 +62,9 @@ def test_track_topics_stamped_per_frame_and_a_stop_on_the_topic(served):
     assert [(s["status"], s["frame_id"], s["query_id"]) for s in client.track_statuses()] == [
         ("tracking", "f1", 1), ("tracking", "f2", 1)]
     assert len(client.received("mask")) == len(client.results()) == 1  # the query's own outputs, once
+    (instances,) = client.received("instances")  # the query's instance image, stamped with its frame
+    assert (instances.header.stamp.sec, instances.header.frame_id, instances.encoding) == (stamps[0].sec, "f0", "mono8")
+    assert np.frombuffer(instances.data, np.uint8).max() == 1
 
     client.stop_tracking()
     assert wait_until(lambda: len(client.track_statuses()) == 3, TIMEOUT_S)

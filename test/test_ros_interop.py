@@ -36,7 +36,7 @@ def test_the_dds_transport_serves_an_rclpy_peer_on_fast_dds(loopback, tmp_path):
         wait_for_node(peer, process)
         stamp = peer.send_image(pattern_image(48, 64))  # confirmed through the node's diagnostics
         result = peer.ask("the red circle")
-        assert result["status"] in ("ok", "no_box"), f"{result}\n{node_log(process)}"
+        assert result["status"] in ("ok", "no_target", "no_box"), f"{result}\n{node_log(process)}"
         assert result["stamp"] == {"sec": stamp.sec, "nanosec": stamp.nanosec}
         assert peer.spin_until(lambda: all(peer.received[name] for name in ("mask", "detections", "reasoning")), 5)
         mask, detections = peer.received["mask"][-1], peer.received["detections"][-1]

@@ -9,7 +9,7 @@ import pytest
 from ros_fixtures import KIT, TYPESTORE, pattern_image
 from rosbags.typesys import Stores, get_typestore
 
-from lens_model.result import SegmentationResult
+from lens_model.result import Instance, SegmentationResult
 from lens_ros.core import messages
 from lens_ros.core.frames import Frame, Stamp
 from lens_ros.core.image_codec import encode_image, image_msg_to_rgb
@@ -68,10 +68,12 @@ def test_humble_and_jazzy_agree_on_the_standard_types(ros_type):
 
 def sample_outcome() -> QueryOutcome:
     rgb = pattern_image(6, 8)
-    mask = np.zeros((6, 8), bool)
-    mask[1:3, 2:5] = True
-    result = SegmentationResult("the cup", mask, (2.0, 1.0, 5.5, 3.25), "ok", "cup", 0.625, "think", "answer",
-                                {"generate": 3.0})
+    cup, saucer = np.zeros((6, 8), bool), np.zeros((6, 8), bool)
+    cup[1:3, 2:5] = True
+    saucer[4:6, 0:2] = True
+    instances = [Instance((2.0, 1.0, 5.5, 3.25), cup, 0.625, "cup"), Instance((0.0, 4.0, 2.0, 6.0), saucer, 0.5, None)]
+    result = SegmentationResult("the cup", cup | saucer, (2.0, 1.0, 5.5, 3.25), "ok", "cup", 0.625, "think",
+                                "answer", {"generate": 3.0}, instances=instances)
     frame = Frame.from_msg(messages.image(KIT, messages.header(KIT, Stamp(12, 345), "cam"), encode_image(rgb, "rgb8")),
                            compressed=False, received_s=12.0)
     return QueryOutcome(7, "the cup", "ok", frame=frame, frame_age_s=0.01, result=result)
@@ -109,9 +111,10 @@ def test_dds_serialisation_is_byte_identical_to_rosbags(ros_type):
 def test_detection_fields_carry_box_centre_size_label_score_and_header():
     array = TYPESTORE.deserialize_cdr(build_all(DDS_KIT)["vision_msgs/msg/Detection2DArray"].serialize(),
                                       "vision_msgs/msg/Detection2DArray")
-    (det,) = array.detections
+    det, second = array.detections  # one per instance, in the answer's order
+    assert (second.id, second.results[0].hypothesis.class_id, second.bbox.size_x) == ("7/2", "the cup", 2.0)
     assert (array.header.stamp.sec, array.header.stamp.nanosec, array.header.frame_id) == (12, 345, "cam")
-    assert det.header == array.header and det.id == "7"
+    assert det.header == array.header and det.id == "7/1"
     assert (det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.center.theta) == (3.75, 2.125, 0.0)
     assert (det.bbox.size_x, det.bbox.size_y) == (3.5, 2.25)
     hypothesis = det.results[0].hypothesis
@@ -121,7 +124,7 @@ def test_detection_fields_carry_box_centre_size_label_score_and_header():
 
 def test_no_box_gives_an_empty_detection_array_with_the_frame_header():
     outcome = sample_outcome()
-    outcome.result.box = None
+    outcome.result.box, outcome.result.instances = None, []
     outcome.status = "no_box"
     array = messages.detections(KIT, messages.header(KIT, Stamp(1, 2), "cam"), outcome)
     assert array.detections == [] and array.header.frame_id == "cam"

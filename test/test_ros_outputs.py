@@ -14,7 +14,7 @@ NULLABLE = type(None)
 RESULT_SCHEMA = {
     "schema": (str,), "query_id": (int,), "query": (str,), "trigger": (str,), "origin_query_id": (int,),
     "status": (str,), "error": (str, NULLABLE),
-    "stamp": (dict, NULLABLE), "frame_id": (str, NULLABLE), "frame_age_s": (float, NULLABLE),
+    "stamp": (dict, NULLABLE), "frame_id": (str, NULLABLE), "frame_age_s": (float, NULLABLE), "instances": (list,),
     "box": (list, NULLABLE), "box_status": (str, NULLABLE), "score": (float, NULLABLE), "label": (str, NULLABLE),
     "reasoning": (str, NULLABLE), "answer": (str, NULLABLE), "mask_area": (int, NULLABLE),
     "random_weights": (bool, NULLABLE), "timings_ms": (dict,),
@@ -37,15 +37,18 @@ def check_schema(result: dict) -> None:
     assert set(result) == set(RESULT_SCHEMA)
     for key, types in RESULT_SCHEMA.items():
         assert isinstance(result[key], types), (key, result[key])
-    assert result["schema"] == "lens_ros/result/2"
+    assert result["schema"] == "lens_ros/result/3"
     assert all(isinstance(v, float) for v in result["timings_ms"].values())
 
 
 def test_result_json_schema_for_ok_no_box_and_error():
-    sink, _, _ = run_queries(["ok", "no_box", "raise"])
-    ok, no_box, error = sink.results()
-    for result in (ok, no_box, error):
+    sink, _, _ = run_queries(["ok", "no_box", "raise", "no_target"])
+    ok, no_box, error, no_target = sink.results()
+    for result in (ok, no_box, error, no_target):
         check_schema(result)
+    assert ok["instances"] == [{"box": [0.0, 0.0, 32.0, 24.0], "score": 0.75, "label": "thing", "mask_area": 768}]
+    assert no_box["instances"] == [] and error["instances"] == []
+    assert (no_target["status"], no_target["instances"], no_target["box"]) == ("no_target", [], None)
     assert ok["status"] == "ok" and ok["error"] is None
     assert ok["box"] == [0.0, 0.0, 32.0, 24.0] and ok["label"] == "thing" and ok["score"] == 0.75
     assert ok["reasoning"] == "it is there" and ok["mask_area"] == 32 * 24
@@ -58,21 +61,67 @@ def test_result_json_schema_for_ok_no_box_and_error():
                                                                                    ("query", 3)]
 
 
-def test_ok_publishes_mask_detections_reasoning_then_result_all_with_the_frame_header():
+FRAME_OUTPUTS = [Output.MASK, Output.INSTANCES, Output.DETECTIONS, Output.REASONING, Output.RESULT]
+
+
+def pixels(image_msg) -> np.ndarray:
+    return np.asarray(image_msg.data, np.uint8).reshape(image_msg.height, image_msg.width)
+
+
+def test_ok_publishes_mask_instances_detections_reasoning_then_result_all_with_the_frame_header():
     sink, _, _ = run_queries(["ok"])
-    assert [out for out, _ in sink.published] == [Output.MASK, Output.DETECTIONS, Output.REASONING, Output.RESULT]
-    mask, detections = sink.of(Output.MASK)[0], sink.of(Output.DETECTIONS)[0]
-    for header in (mask.header, detections.header, detections.detections[0].header):
+    assert [out for out, _ in sink.published] == FRAME_OUTPUTS
+    mask, instances, detections = sink.of(Output.MASK)[0], sink.of(Output.INSTANCES)[0], sink.of(Output.DETECTIONS)[0]
+    for header in (mask.header, instances.header, detections.header, detections.detections[0].header):
         assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (999, 750000000, "optical")
     assert (mask.encoding, mask.height, mask.width) == ("mono8", 48, 64)
+    assert (instances.encoding, instances.height, instances.width) == ("mono8", 48, 64)
+    assert np.array_equal(pixels(instances), (pixels(mask) > 0).astype(np.uint8))
+    assert [detection.id for detection in detections.detections] == ["1/1"]
     assert sink.of(Output.REASONING)[0].data == "it is there"
 
 
-def test_no_box_still_publishes_empty_detections_and_a_blank_mask():
-    sink, _, _ = run_queries(["no_box"])
-    assert [out for out, _ in sink.published] == [Output.MASK, Output.DETECTIONS, Output.REASONING, Output.RESULT]
+def test_every_instance_gets_a_detection_and_its_number_on_the_instance_image():
+    sink, _, _ = run_queries(["multi"])
+    assert [out for out, _ in sink.published] == FRAME_OUTPUTS
+    instances = pixels(sink.of(Output.INSTANCES)[0])
+    assert (instances[:24, :32] == 1).all() and (instances[24:, 32:] == 2).all() and instances.sum() == 768 * 3
+    assert np.array_equal(pixels(sink.of(Output.MASK)[0]) > 0, instances > 0)  # the mask is their union
+    detections = sink.of(Output.DETECTIONS)[0].detections
+    assert [(d.id, d.results[0].hypothesis.class_id, d.bbox.center.position.x) for d in detections] == [
+        ("1/1", "thing", 16.0), ("1/2", "other thing", 48.0)]
+    (result,) = sink.results()
+    assert [instance["label"] for instance in result["instances"]] == ["thing", "other thing"]
+    assert result["mask_area"] == 2 * 768 and result["label"] == "thing"
+
+
+@pytest.mark.parametrize("behaviour", ["no_box", "no_target"])
+def test_no_box_and_no_target_publish_empty_detections_and_instances(behaviour):
+    sink, _, _ = run_queries([behaviour])
+    assert [out for out, _ in sink.published] == FRAME_OUTPUTS
     assert sink.of(Output.DETECTIONS)[0].detections == []
-    assert not np.asarray(sink.of(Output.MASK)[0].data).any()
+    assert not pixels(sink.of(Output.INSTANCES)[0]).any() and pixels(sink.of(Output.MASK)[0]).shape == (48, 64)
+    assert not pixels(sink.of(Output.MASK)[0]).any()
+    assert sink.results()[0]["status"] == behaviour
+
+
+def test_no_target_publishes_an_empty_mask_whatever_mask_the_model_gave():
+    """The node's promise to a consumer waiting on the mask: no_target is all zeros."""
+    clock, sink = ManualClock(1000.0), RecordingSink()
+    segmenter = FakeSegmenter("no_target")
+    predict = segmenter.predict
+
+    def with_a_stray_mask(image, query, **options):
+        result = predict(image, query, **options)
+        result.mask[:10, :10] = True
+        return result
+
+    segmenter.predict = with_a_stray_mask
+    service = make_service(segmenter, clock, sink, synchronous=True)
+    service.activate()
+    service.on_image(image_msg(pattern_image(), "rgb8", 999.75))
+    service.on_query("the unicorn")
+    assert not pixels(sink.of(Output.MASK)[0]).any() and sink.results()[0]["status"] == "no_target"
 
 
 def test_errors_publish_only_the_result():
@@ -112,7 +161,7 @@ def test_unbuildable_outputs_turn_into_an_error_result(field, value, error):
     sink, _, service = run_queries(["ok"])
     outcome = QueryOutcome(9, "x", "ok", frame=service.frames.peek(), result=FakeSegmenter().predict(
         pattern_image(), "x"))
-    setattr(outcome.result, field, value)
+    setattr(outcome.result.instances[0], field, value)
     before = len(sink.published)
     published = OutcomePublisher(KIT, sink, None).publish(outcome)
     result = json.loads(sink.of(Output.RESULT)[-1].data)

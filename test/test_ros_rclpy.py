@@ -70,12 +70,17 @@ def spin_until(executor, predicate, timeout_s: float) -> bool:
 
 
 def test_lifecycle_node_answers_a_query_and_frees_the_model_on_deactivate(ros):
-    segmenter = FakeSegmenter()
+    segmenter = FakeSegmenter("multi")
     node = LensLifecycleNode("lens_node", "/lens_test", load=lambda *_: segmenter)
     peer = Node("lens_test_peer")
     kit = ros_kit()
     results: list[dict] = []
+    instances: list = []
+    detections: list = []
     peer.create_subscription(kit.String, "/lens_test/result", lambda m: results.append(json.loads(m.data)),
+                             qos_profile("reliable", 10))
+    peer.create_subscription(kit.Image, "/lens_test/instances", instances.append, qos_profile("reliable", 10))
+    peer.create_subscription(kit.Detection2DArray, "/lens_test/detections", detections.append,
                              qos_profile("reliable", 10))
     image_pub = peer.create_publisher(kit.Image, "/camera/image_raw", qos_profile("reliable", 1))
     query_pub = peer.create_publisher(kit.String, "/lens_test/query", qos_profile("reliable", 10))
@@ -94,6 +99,10 @@ def test_lifecycle_node_answers_a_query_and_frees_the_model_on_deactivate(ros):
         query_pub.publish(kit.String(data="the thing"))
         assert spin_until(executor, lambda: len(results) == 1, 10)
         assert results[0]["status"] == "ok" and results[0]["stamp"] == {"sec": stamp.sec, "nanosec": stamp.nanosec}
+        assert spin_until(executor, lambda: instances and detections, 5)
+        (image,), (array,) = instances, detections
+        assert (image.encoding, image.header.stamp.sec, image.header.stamp.nanosec) == ("mono8", stamp.sec, stamp.nanosec)
+        assert sorted(set(image.data)) == [0, 1, 2] and [d.id for d in array.detections] == ["1/1", "1/2"]
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert not node._lens.active  # noqa: SLF001
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS

@@ -34,7 +34,8 @@ def test_track_topics_stamped_per_frame_and_the_stop_service_and_topic(ros):  # 
     kit = ros_kit()
     received: dict[str, list] = defaultdict(list)
     for topic, msg_type in (("result", kit.String), ("mask", kit.Image), ("track/mask", kit.Image),
-                            ("track/detections", kit.Detection2DArray), ("track/status", kit.String)):
+                            ("track/instances", kit.Image), ("track/detections", kit.Detection2DArray),
+                            ("track/status", kit.String)):
         peer.create_subscription(msg_type, f"{NS}/{topic}", received[topic].append, qos_profile("reliable", 100))
     image_pub = peer.create_publisher(kit.Image, "/camera/image_raw", qos_profile("reliable", 1))
     query_pub = peer.create_publisher(kit.String, f"{NS}/query", qos_profile("reliable", 10))
@@ -72,12 +73,15 @@ def test_track_topics_stamped_per_frame_and_the_stop_service_and_topic(ros):  # 
         for index in (1, 2):
             send_frame(index)
             assert spin_until(executor, lambda: len(received["track/status"]) == index, 10)
-        assert spin_until(executor, lambda: len(received["track/detections"]) == 2, 5)
-        for index, mask, detections in zip((1, 2), received["track/mask"], received["track/detections"], strict=True):
-            for header in (mask.header, detections.header, detections.detections[0].header):
+        assert spin_until(executor, lambda: len(received["track/detections"]) == len(received["track/instances"]) == 2,
+                          5)
+        for index, mask, instances, detections in zip((1, 2), received["track/mask"], received["track/instances"],
+                                                      received["track/detections"], strict=True):
+            assert set(instances.data) == {0, 1} and instances.encoding == "mono8"
+            for header in (mask.header, instances.header, detections.header, detections.detections[0].header):
                 assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (
                     stamps[index].sec, stamps[index].nanosec, f"f{index}")
-            assert square_at(mask) == index and detections.detections[0].id == "1"
+            assert square_at(mask) == index and detections.detections[0].id == "1/1"
         assert [(s["status"], s["frame_id"]) for s in statuses()] == [("tracking", "f1"), ("tracking", "f2")]
         assert len(received["mask"]) == len(received["result"]) == 1  # the query's own outputs, once
 

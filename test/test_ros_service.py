@@ -108,7 +108,7 @@ def test_without_vision_msgs_a_query_publishes_everything_but_detections():
     assert sink.wait_for_results(1)[0]["status"] == "ok"
     service.deactivate()
     assert [out for out, _ in sink.published if out is not Output.DIAGNOSTICS] == [
-        Output.MASK, Output.REASONING, Output.RESULT]
+        Output.MASK, Output.INSTANCES, Output.REASONING, Output.RESULT]
 
 
 def test_lifecycle_report_says_why_there_is_no_model():

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 from ros_fixtures import (
-    KIT, FakeSegmenter, ManualClock, RecordingSink, image_msg, make_service, marked, raw_image_msg, wait_until)
+    KIT, FakeSegmenter, FakeTracker, ManualClock, RecordingSink, ShiftedTracker, image_msg, make_service, marked,
+    raw_image_msg, wait_until)
 
 from lens_ros.core.frames import Frame, LatestFrameBuffer, Stamp
 from lens_ros.core.outcome import QueryOutcome
@@ -19,11 +20,11 @@ from lens_ros.core.publishing import Output, TrackPublisher, output_topics
 from lens_ros.core.queries import Query
 from lens_ros.core.service import LensService
 from lens_ros.core.stats import NodeStats
-from lens_ros.core.tracking import Tracking
+from lens_ros.core.tracking import TrackerPool, Tracking
 
 T0 = 1000.0
-TRACK_OUTPUTS = (Output.TRACK_MASK, Output.TRACK_DETECTIONS, Output.TRACK_STATUS)
-STATUS_KEYS = {"schema", "query_id", "origin_query_id", "query", "status", "stamp", "frame_id", "score", "box",
+TRACK_OUTPUTS = (Output.TRACK_MASK, Output.TRACK_INSTANCES, Output.TRACK_DETECTIONS, Output.TRACK_STATUS)
+STATUS_KEYS = {"instances", "schema", "query_id", "origin_query_id", "query", "status", "stamp", "frame_id", "score", "box",
                "mask_area", "frames_dropped", "error", "reason", "timings_ms"}
 
 
@@ -94,16 +95,16 @@ def test_a_query_that_found_its_target_starts_a_track_on_every_later_frame_stamp
     np.testing.assert_array_equal(tracker.seed_masks[0], segmenter.predict(marked(0), "x").mask)
     # the query's own outputs, its result last, then mask, detections and status per tracked frame
     assert [out for out, _ in sink.published] == [
-        Output.MASK, Output.DETECTIONS, Output.REASONING, Output.RESULT, *TRACK_OUTPUTS * 3]
+        Output.MASK, Output.INSTANCES, Output.DETECTIONS, Output.REASONING, Output.RESULT, *TRACK_OUTPUTS * 3]
     for index, mask, detections, status in zip((1, 2, 3), sink.of(Output.TRACK_MASK),
                                                sink.of(Output.TRACK_DETECTIONS), statuses(sink), strict=True):
         assert stamp_of(mask) == stamp_of(detections) == stamp_of(detections.detections[0]) == frame_stamp(index)
         assert square_at(mask) == index and (mask.encoding, mask.height, mask.width) == ("mono8", 48, 64)
         (detection,) = detections.detections
         assert (detection.bbox.center.position.x, detection.bbox.size_x) == (index + 2.0, 4.0)
-        assert detection.id == "1" and detection.results[0].hypothesis.class_id == "thing"
+        assert detection.id == "1/1" and detection.results[0].hypothesis.class_id == "thing"
         assert detection.results[0].hypothesis.score == 0.9
-        assert set(status) == STATUS_KEYS and status["schema"] == "lens_ros/track/1"
+        assert set(status) == STATUS_KEYS and status["schema"] == "lens_ros/track/2"
         sec, nanosec, frame_id = frame_stamp(index)
         assert (status["stamp"], status["frame_id"]) == ({"sec": sec, "nanosec": nanosec}, frame_id)
         assert (status["query_id"], status["origin_query_id"], status["query"]) == (1, 1, "the thing")
@@ -351,6 +352,57 @@ def test_a_new_query_replaces_the_track_and_one_that_finds_nothing_ends_it():
     assert segmenter.fake_tracker.stepped == [1, 2]
 
 
+def test_every_instance_is_tracked_and_the_track_is_lost_with_its_last_instance():
+    clock, sink = ManualClock(T0), RecordingSink()
+    segmenter = FakeSegmenter("multi")
+    first, second = segmenter.fake_tracker, ShiftedTracker(segmenter.activity)
+    second.lost_at, first.lost_at = {2}, {3}
+    opened = iter([first, second])
+    params = LensParams.from_ros({"model.name": "fake", "tracking.enabled": True, "frames.max_age_s": 0.0,
+                                  "tracking.reacquire_on_lost": False})
+    service = LensService(params, KIT, sink, clock, image_source="/camera/image_raw", load=lambda *_: segmenter,
+                          track=lambda *_: next(opened), synchronous=True)
+    service.activate()
+    service.on_image(frame(0))
+    service.on_query("the things")
+    result = segmenter.predict(marked(0), "x")
+    for tracker, instance in zip((first, second), result.instances, strict=True):  # each seeded with its own mask
+        assert tracker.started_on == [0] and np.array_equal(tracker.seed_masks[0], instance.mask)
+    for index in (1, 2, 3, 4):
+        service.on_image(frame(index))
+    assert (first.stepped, second.stepped) == ([1, 2, 3], [1, 2])
+    seen = statuses(sink)
+    assert [(s["status"], [i["status"] for i in s["instances"]]) for s in seen] == [
+        ("tracking", ["tracking", "tracking"]), ("tracking", ["tracking", "lost"]), ("lost", ["lost", "no_track"])]
+    assert (seen[0]["score"], seen[0]["box"], seen[0]["mask_area"]) == (0.7, [1, 1, 15, 5], 32)
+    assert seen[1]["instances"][1] == {"status": "lost", "score": 0.1, "box": [12, 2, 16, 6], "mask_area": 0,
+                                       "error": None}
+    assert seen[2]["reason"] == "the tracker lost the target (score 0.100)"
+    assert [out for out, _ in sink.published][5:] == [*TRACK_OUTPUTS * 2, Output.TRACK_STATUS]
+    instances = np.asarray(sink.of(Output.TRACK_INSTANCES)[0].data).reshape(48, 64)
+    assert (instances[1:5, 1:5] == 1).all() and (instances[1:5, 11:15] == 2).all() and instances.sum() == 16 * 3
+    assert stamp_of(sink.of(Output.TRACK_INSTANCES)[0]) == frame_stamp(1)
+    detections = [[(d.id, d.results[0].hypothesis.class_id) for d in array.detections]
+                  for array in sink.of(Output.TRACK_DETECTIONS)]
+    assert detections == [[("1/1", "thing"), ("1/2", "other thing")], [("1/1", "thing")]]
+    segmenter.behaviour = "ok"
+    service.on_query("the thing")  # one instance: the second tracker is stopped, the first seeded again
+    assert second.stops == 1 and first.started_on == [0, 4]
+
+
+def test_a_query_that_finds_no_target_ends_the_track():
+    service, segmenter, sink, _ = tracking_service()
+    seed(service, segmenter)
+    service.on_image(frame(1))
+    segmenter.behaviour = "no_target"
+    service.on_query("the unicorn")
+    service.on_image(frame(2))
+    seen = statuses(sink)
+    assert [(s["status"], s["query_id"]) for s in seen] == [("tracking", 1), ("stopped", 1)]
+    assert seen[1]["reason"] == "query 2 found nothing to track (no_target: no target)"
+    assert segmenter.fake_tracker.stepped == [1]
+
+
 def test_stop_ends_the_track_and_a_second_stop_finds_none():
     service, segmenter, sink, _ = tracking_service()
     seed(service, segmenter)
@@ -444,8 +496,9 @@ def test_a_stop_while_a_reacquisition_is_being_made_still_cancels_it():
         return 2
 
     params = LensParams.from_ros({"tracking.enabled": True})
-    tracking = Tracking(segmenter.fake_tracker, params, frames, TrackPublisher(KIT, sink), NodeStats(), ManualClock(),
-                        new_id_meanwhile_stopped, rate_limited=False)
+    tracking = Tracking(TrackerPool(segmenter.fake_tracker, segmenter.tracker), params, frames,
+                        TrackPublisher(KIT, sink), NodeStats(), ManualClock(), new_id_meanwhile_stopped,
+                        rate_limited=False)
     frames.put(Frame.from_msg(frame(0), compressed=False, received_s=0.0))
     seed_frame = frames.take_latest()
     query = Query(1, "the thing", 0.0)
@@ -455,3 +508,20 @@ def test_a_stop_while_a_reacquisition_is_being_made_still_cancels_it():
     _, reacquisition = tracking.step()
     assert [s["status"] for s in statuses(sink)] == ["lost"]
     assert reacquisition.trigger == "lost" and not tracking.wants(reacquisition)
+
+
+def test_the_tracker_pool_opens_trackers_as_needed_and_no_more_than_an_answer_holds():
+    segmenter = FakeSegmenter()
+    opened = []
+
+    def open_one():
+        opened.append(FakeTracker(segmenter.activity))
+        return opened[-1]
+
+    pool = TrackerPool(segmenter.fake_tracker, open_one)
+    hand_out = pool.take(3)
+    assert [hand_out(), hand_out(), hand_out()] == [segmenter.fake_tracker, *opened] and len(opened) == 2
+    pool.take(2)
+    assert len(opened) == 2  # kept for later queries, none opened again
+    with pytest.raises(ValueError, match="33 instances, more than the 32"):
+        pool.take(33)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 from tqdm import tqdm
 
 from lens_model.predictor import LensPredictor
@@ -42,7 +43,7 @@ from training.track_eval import SEED_FROM, format_tracking, run_tracking
 from training.track_metrics import summarize
 
 TASKS = ("segmentation", "tracking")
-PERCENT_KEYS = ("gIoU", "cIoU", "box_iou", "box_accuracy", "parse_failure_rate")
+PERCENT_KEYS = ("gIoU", "cIoU", "box_iou", "box_accuracy", "parse_failure_rate", "N_acc", "T_acc")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,11 +97,22 @@ def group_label(sample: Sample, key: str) -> str:
     return "missing" if value is None else str(value).lower()
 
 
+def answered_something(result) -> bool:
+    """False when the answer is "nothing matches": the no_target status, or an empty mask (what a consumer of
+    the mask sees either way)."""
+    return result.status != "no_target" and bool(result.mask.any())
+
+
 def score(meter: SegmentationMeter, sample: Sample, result, group_by: str | None = None,
           protocol: Protocol = "corrected", dataset=None, planned: Planned | None = None) -> None:
-    score_mask(meter, protocol, dataset, planned, sample, result.mask)
-    meter.add_box(sample.sample_id, result.box, sample.box)
-    meter.add_generation(sample.sample_id, result.box is not None, result.generated_tokens)
+    answered = answered_something(result)
+    prediction = result.mask if answered else np.zeros_like(result.mask)  # "nothing" scores as an empty mask
+    score_mask(meter, protocol, dataset, planned, sample, prediction)
+    has_target = bool(sample.mask.any())
+    meter.add_presence(sample.sample_id, has_target, answered)
+    if has_target and len(sample.instances) <= 1:  # one box to compare: multi- and no-target expressions have none
+        meter.add_box(sample.sample_id, result.box, sample.box)
+    meter.add_generation(sample.sample_id, result.status != "no_box", result.generated_tokens)
     if group_by is not None:
         meter.add_group(sample.sample_id, group_label(sample, group_by))
 

@@ -4,6 +4,12 @@
 - cIoU: cumulative sum(I) / sum(U) over all expressions.
 - Box IoU and accuracy at IoU >= 0.5.
 - Generation statistics: answer parse-failure rate and mean generated length in tokens.
+- For generalized referring expressions (gRefCOCO; GRES/ReLA), where an expression may name nothing:
+  N-acc, the share of no-target expressions answered with nothing, and T-acc, the share of target
+  expressions answered with something (``add_presence``). gIoU and cIoU need nothing extra: the caller
+  scores an expression answered with nothing as an empty mask, so a correct "nothing" on a no-target
+  expression (empty on empty) scores 1.0 in gIoU and adds nothing to cIoU's sums, and a wrong one adds
+  its predicted pixels to the union, as ReLA's evaluator counts them.
 
 ``SegmentationMeter`` keeps per-expression counts keyed by sample id, refuses to score an id twice
 (padding duplicates from distributed samplers would otherwise bias the result) and round-trips
@@ -39,6 +45,8 @@ class SegmentationMeter:
     generations: dict[str, tuple[bool, int]] = field(default_factory=dict)
     # Optional subset label per sample (ReasonSeg short/long query, synthetic expression type ...).
     groups: dict[str, str] = field(default_factory=dict)
+    # Per sample: (the expression names a target, the answer named one), for N-acc and T-acc.
+    presence: dict[str, tuple[bool, bool]] = field(default_factory=dict)
 
     def add_mask(
         self,
@@ -66,6 +74,11 @@ class SegmentationMeter:
         _check_new(sample_id, self.generations, "generation")
         self.generations[sample_id] = (bool(parsed), int(num_tokens))
 
+    def add_presence(self, sample_id: str, has_target: bool, answered: bool) -> None:
+        """Whether the expression names a target and whether the answer named one (False: answered with nothing)."""
+        _check_new(sample_id, self.presence, "presence")
+        self.presence[sample_id] = (bool(has_target), bool(answered))
+
     def add_group(self, sample_id: str, label: str) -> None:
         _check_new(sample_id, self.groups, "group")
         self.groups[sample_id] = str(label)
@@ -86,6 +99,7 @@ class SegmentationMeter:
             (self.boxes, other.boxes, "box"),
             (self.generations, other.generations, "generation"),
             (self.groups, other.groups, "group"),
+            (self.presence, other.presence, "presence"),
         )
         for mine, theirs, kind in pairs:  # check everything first so a refused merge changes nothing
             for sample_id in theirs:
@@ -94,9 +108,11 @@ class SegmentationMeter:
         self.boxes.update(other.boxes)
         self.generations.update(other.generations)
         self.groups.update(other.groups)
+        self.presence.update(other.presence)
 
     def summary(self) -> dict[str, MeterValue]:
-        """gIoU, cIoU, box IoU and accuracy as fractions in [0, 1]; None where nothing was scored."""
+        """gIoU, cIoU, box IoU and accuracy, N-acc and T-acc as fractions in [0, 1]; None where nothing was
+        scored."""
         intersections = sum(i for i, _ in self.masks.values())
         unions = sum(u for _, u in self.masks.values())
         box_ious = list(self.boxes.values())
@@ -110,6 +126,9 @@ class SegmentationMeter:
             "num_generations": len(self.generations),
             "parse_failure_rate": _mean([float(not parsed) for parsed, _ in self.generations.values()]),
             "mean_generated_tokens": _mean([float(tokens) for _, tokens in self.generations.values()]),
+            "num_no_target": sum(not has_target for has_target, _ in self.presence.values()),
+            "N_acc": _mean([float(not answered) for has_target, answered in self.presence.values() if not has_target]),
+            "T_acc": _mean([float(answered) for has_target, answered in self.presence.values() if has_target]),
         }
 
     def subset(self, sample_ids: Iterable[str]) -> SegmentationMeter:
@@ -120,7 +139,7 @@ class SegmentationMeter:
             return {k: v for k, v in scored.items() if k in keep}
 
         return SegmentationMeter(self.box_threshold, pick(self.masks), pick(self.boxes), pick(self.generations),
-                                 pick(self.groups))
+                                 pick(self.groups), pick(self.presence))
 
     def summary_by_group(self) -> dict[str, dict[str, MeterValue]]:
         """``summary()`` of each group label's samples, labels sorted; empty when nothing is grouped."""
@@ -138,6 +157,7 @@ class SegmentationMeter:
             "boxes": dict(self.boxes),
             "generations": {k: list(v) for k, v in self.generations.items()},
             "groups": dict(self.groups),
+            "presence": {k: list(v) for k, v in self.presence.items()},
         }
 
     @classmethod
@@ -150,6 +170,7 @@ class SegmentationMeter:
             boxes={k: float(v) for k, v in data["boxes"].items()},
             generations={k: (bool(p), int(n)) for k, (p, n) in data["generations"].items()},
             groups={k: str(v) for k, v in data.get("groups", {}).items()},  # absent in files of older versions
+            presence={k: (bool(t), bool(a)) for k, (t, a) in data.get("presence", {}).items()},  # likewise
         )
 
 

@@ -33,32 +33,37 @@ def string(kit: Any, text: str) -> Any:
 
 
 def detections(kit: Any, hdr: Any, outcome: QueryOutcome) -> Any:
-    """A query's Detection2DArray: one detection for its box (none for ``no_box``).
-
-    ``class_id`` is the grounded label (the query text when the model gave none), ``id`` the query id.
+    """A query's Detection2DArray: one detection per instance, in the answer's order (none for ``no_target``
+    and ``no_box``). ``class_id`` is the instance's grounded label (the query text when the model gave none).
     """
-    result = outcome.result
-    if result is None or result.box is None:
-        return kit.Detection2DArray(header=hdr, detections=[])
-    return detection_array(kit, hdr, result.box, result.label or outcome.query, result.score, outcome.query_id)
+    instances = [] if outcome.result is None else outcome.result.instances
+    return kit.Detection2DArray(header=hdr, detections=[
+        detection(kit, hdr, instance.box, instance.label or outcome.query, instance.score,
+                  detection_id(outcome.query_id, number))
+        for number, instance in enumerate(instances, start=1)])
 
 
-def detection_array(kit: Any, hdr: Any, box: Box, class_id: str, score: float, query_id: int) -> Any:
-    """A Detection2DArray holding one detection: ``box`` (x1, y1, x2, y2) in pixels, ``id`` = the query id."""
+def detection_id(query_id: int, number: int) -> str:
+    """``Detection2D.id`` of instance ``number`` (from 1: its pixel value on the instance image) of a query:
+    ``"7/2"``; the same object keeps it on the track outputs."""
+    return f"{query_id}/{number}"
+
+
+def detection(kit: Any, hdr: Any, box: Box, class_id: str, score: float, identity: str) -> Any:
+    """A Detection2D of ``box`` (x1, y1, x2, y2) in pixels, with one hypothesis and ``id`` = ``identity``."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    identity = kit.Pose(
+    pose = kit.Pose(
         position=kit.Point(x=0.0, y=0.0, z=0.0), orientation=kit.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
     hypothesis = kit.ObjectHypothesisWithPose(
         hypothesis=kit.ObjectHypothesis(class_id=class_id, score=float(score)),
-        pose=kit.PoseWithCovariance(pose=identity, covariance=kit.float64_array(_ZERO_COVARIANCE)),
+        pose=kit.PoseWithCovariance(pose=pose, covariance=kit.float64_array(_ZERO_COVARIANCE)),
     )
     bbox = kit.BoundingBox2D(
         center=kit.Pose2D(position=kit.Point2D(x=(x1 + x2) / 2.0, y=(y1 + y2) / 2.0), theta=0.0),
         size_x=x2 - x1,
         size_y=y2 - y1,
     )
-    detection = kit.Detection2D(header=hdr, results=[hypothesis], bbox=bbox, id=str(query_id))
-    return kit.Detection2DArray(header=hdr, detections=[detection])
+    return kit.Detection2D(header=hdr, results=[hypothesis], bbox=bbox, id=identity)
 
 
 @dataclass(frozen=True)

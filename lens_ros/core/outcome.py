@@ -3,22 +3,26 @@ of a track, and its JSON form published on ``track/status``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lens_model.instance_tracks import InstanceStep
 from lens_model.result import Box, SegmentationResult
 from lens_ros.core.frames import Frame
 from lens_ros.core.queries import ASKED
 
+# A query's status: its result's (lens_model.result.SegmentationResult.status), or error.
 OK = "ok"
+NO_TARGET = "no_target"
 NO_BOX = "no_box"
 ERROR = "error"
-RESULT_SCHEMA = "lens_ros/result/2"  # 2 added trigger and origin_query_id
+RESULT_SCHEMA = "lens_ros/result/3"  # 2 added trigger and origin_query_id; 3 the no_target status and instances
 MAX_ERROR_CHARS = 1000
 # The status of a track event: a frame with a mask, the frame where the target was lost (the track
 # ends), a frame that got no mask (the track goes on), the end of a track for any other reason.
 TRACKING, LOST, STOPPED = "tracking", "lost", "stopped"
-TRACK_SCHEMA = "lens_ros/track/1"
+TRACK_SCHEMA = "lens_ros/track/2"  # 2 added each instance's step
 
 
 def _stamp_json(frame: Frame | None) -> dict[str, int] | None:
@@ -62,6 +66,7 @@ class QueryOutcome:
             "stamp": _stamp_json(frame),
             "frame_id": None if frame is None else frame.frame_id,
             "frame_age_s": None if self.frame_age_s is None else round(self.frame_age_s, 4),
+            "instances": res.get("instances", []),
             "box": res.get("box"),
             "box_status": res.get("box_status"),
             "score": res.get("score"),
@@ -81,7 +86,8 @@ class QueryOutcome:
 class TrackEvent:
     """One message on ``track/status``: a frame of the track of query ``query_id`` (``frame`` set), or
     the end of that track (``stopped``, no frame). ``error`` says why a frame got no mask, ``reason``
-    why the track ended (``lost``, ``stopped``)."""
+    why the track ended (``lost``, ``stopped``). ``instances`` are the steps of the query's instances on
+    the frame, one tracker each; ``status``, ``score`` and ``box`` sum them up (``FrameSummary``)."""
 
     query_id: int
     origin_query_id: int
@@ -95,6 +101,7 @@ class TrackEvent:
     error: str | None = None
     reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    instances: Sequence[InstanceStep] = ()
 
     def to_json(self) -> str:
         return json.dumps({
@@ -111,5 +118,6 @@ class TrackEvent:
             "frames_dropped": self.frames_dropped,
             "error": None if self.error is None else _short(self.error),
             "reason": None if self.reason is None else _short(self.reason),
+            "instances": [step.to_dict() for step in self.instances],
             "timings_ms": {name: round(float(ms), 2) for name, ms in self.timings_ms.items()},
         }, ensure_ascii=False)

@@ -51,9 +51,13 @@ class LensParams:
         "", "topics.compressed_image", "Optional sensor_msgs/CompressedImage input; empty = off.")
     query_topic: str = _param(
         "query", "topics.query", "std_msgs/String queries (relative to the namespace).", nonempty=True)
-    mask_topic: str = _param("mask", "topics.mask", "mono8 mask output.", nonempty=True)
+    mask_topic: str = _param("mask", "topics.mask", "mono8 mask output: every instance's pixels.", nonempty=True)
+    instances_topic: str = _param(
+        "instances", "topics.instances", "mono8 instance image output: 0 background, i + 1 instance i.",
+        nonempty=True)
     detections_topic: str = _param(
-        "detections", "topics.detections", "vision_msgs/Detection2DArray output.", nonempty=True)
+        "detections", "topics.detections", "vision_msgs/Detection2DArray output: one detection per instance.",
+        nonempty=True)
     reasoning_topic: str = _param("reasoning", "topics.reasoning", "std_msgs/String reasoning output.", nonempty=True)
     result_topic: str = _param("result", "topics.result", "std_msgs/String JSON result, one per query.", nonempty=True)
     debug_image_topic: str = _param("debug_image", "topics.debug_image", "Overlay image output.", nonempty=True)
@@ -61,6 +65,9 @@ class LensParams:
         "/diagnostics", "topics.diagnostics", "diagnostic_msgs/DiagnosticArray output.", nonempty=True)
     track_mask_topic: str = _param("track/mask", "topics.track_mask", "mono8 mask of each tracked frame.",
                                    nonempty=True)
+    track_instances_topic: str = _param(
+        "track/instances", "topics.track_instances",
+        "mono8 instance image of each tracked frame: 0 background, i + 1 instance i.", nonempty=True)
     track_detections_topic: str = _param(
         "track/detections", "topics.track_detections", "vision_msgs/Detection2DArray of each tracked frame.",
         nonempty=True)

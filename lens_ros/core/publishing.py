@@ -5,14 +5,15 @@ import dataclasses
 import enum
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from lens_ros.core import messages
 from lens_ros.core.image_codec import encode_image, mask_to_mono8
-from lens_ros.core.outcome import ERROR, QueryOutcome, TrackEvent
+from lens_ros.core.outcome import ERROR, NO_TARGET, TRACKING, QueryOutcome, TrackEvent
+from lens_model.instance_tracks import frame_mask
 from lens_model.visualize import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 
 class Output(str, enum.Enum):
     MASK = "mask"
+    INSTANCES = "instances"
     DETECTIONS = "detections"
     REASONING = "reasoning"
     RESULT = "result"
     DEBUG_IMAGE = "debug_image"
     DIAGNOSTICS = "diagnostics"
     TRACK_MASK = "track_mask"
+    TRACK_INSTANCES = "track_instances"
     TRACK_DETECTIONS = "track_detections"
     TRACK_STATUS = "track_status"
 
@@ -35,12 +38,14 @@ Sink = Callable[[Output, Any], None]
 # The ROS 2 message type of each output.
 OUTPUT_TYPES = {
     Output.MASK: "sensor_msgs/msg/Image",
+    Output.INSTANCES: "sensor_msgs/msg/Image",
     Output.DETECTIONS: "vision_msgs/msg/Detection2DArray",
     Output.REASONING: "std_msgs/msg/String",
     Output.RESULT: "std_msgs/msg/String",
     Output.DEBUG_IMAGE: "sensor_msgs/msg/Image",
     Output.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
     Output.TRACK_MASK: "sensor_msgs/msg/Image",
+    Output.TRACK_INSTANCES: "sensor_msgs/msg/Image",
     Output.TRACK_DETECTIONS: "vision_msgs/msg/Detection2DArray",
     Output.TRACK_STATUS: "std_msgs/msg/String",
 }
@@ -51,6 +56,7 @@ def output_topics(params: Any) -> dict[Output, str]:
     when switched on."""
     names = {
         Output.MASK: params.mask_topic,
+        Output.INSTANCES: params.instances_topic,
         Output.DETECTIONS: params.detections_topic,
         Output.REASONING: params.reasoning_topic,
         Output.RESULT: params.result_topic,
@@ -60,6 +66,7 @@ def output_topics(params: Any) -> dict[Output, str]:
         names[Output.DEBUG_IMAGE] = params.debug_image_topic
     if params.tracking:
         names[Output.TRACK_MASK] = params.track_mask_topic
+        names[Output.TRACK_INSTANCES] = params.track_instances_topic
         names[Output.TRACK_DETECTIONS] = params.track_detections_topic
         names[Output.TRACK_STATUS] = params.track_status_topic
     return names
@@ -93,9 +100,14 @@ class RateLimiter:
 
 
 class OutcomePublisher:
-    """Publishes one outcome: for ``ok`` and ``no_box`` the mask, detections, reasoning and
-    (rate-limited, if enabled) debug image, all stamped with the frame's header, then always the
-    JSON result last, so a consumer that sees the result has already been sent the rest.
+    """Publishes one outcome: for ``ok``, ``no_target`` and ``no_box`` the mask (the union of the
+    instances), the instance image, the detections (one per instance), the reasoning and (rate-limited,
+    if enabled) the debug image, all stamped with the frame's header, then always the JSON result last,
+    so a consumer that sees the result has already been sent the rest.
+
+    ``no_target`` publishes an all-zero mask and instance image of the frame's size and an empty
+    detection array: a definite "nothing matches". ``no_box`` publishes the mask SAM 2 gave without a
+    usable box (as before instances existed), an all-zero instance image and an empty detection array.
 
     Called from the worker and from the query callback (for queue evictions), hence the lock.
     """
@@ -130,7 +142,9 @@ class OutcomePublisher:
             return []
         kit, result = self._kit, outcome.result
         hdr = messages.header(kit, outcome.frame.stamp, outcome.frame.frame_id)
-        outputs = [(Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(result.mask), "mono8")))]
+        mask = np.zeros_like(result.mask) if result.status == NO_TARGET else result.mask
+        outputs = [(Output.MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8"))),
+                   (Output.INSTANCES, messages.image(kit, hdr, encode_image(result.instance_map(), "mono8")))]
         if kit.has_detections:  # not on an rclpy node without vision_msgs
             outputs.append((Output.DETECTIONS, messages.detections(kit, hdr, outcome)))
         outputs.append((Output.REASONING, messages.string(kit, result.reasoning)))
@@ -141,10 +155,12 @@ class OutcomePublisher:
 
 
 class TrackPublisher:
-    """Publishes one track event: for ``tracking`` the mask and detections, stamped with the header of the
-    frame the step ran on, then always the JSON status last (alone for ``lost``, ``error`` and ``stopped``).
+    """Publishes one track event: for ``tracking`` the mask (every instance's), the instance image and the
+    detections (one per instance tracked on the frame), stamped with the header of the frame the step ran
+    on, then always the JSON status last (alone for ``lost``, ``error`` and ``stopped``).
 
-    ``label`` is the detections' ``class_id``: the grounded label of the query that seeded the track.
+    ``labels`` are the detections' ``class_id`` per instance: the grounded labels of the query that seeded
+    the track; a detection's ``id`` is the instance's, as on the query's own detections.
     """
 
     def __init__(self, kit: Any, sink: Sink) -> None:
@@ -152,14 +168,14 @@ class TrackPublisher:
         self._sink = sink
         self._lock = threading.Lock()
 
-    def publish(self, event: TrackEvent, mask: np.ndarray | None = None, label: str = "") -> None:
+    def publish(self, event: TrackEvent, labels: Sequence[str] = ()) -> None:
         with self._lock:
             try:
-                frame_outputs = self._frame_outputs(event, mask, label)
+                frame_outputs = self._frame_outputs(event, labels)
                 status_json = event.to_json()
             except Exception as exc:  # the frame still gets its status
                 log.exception("cannot build track outputs for query %d", event.query_id)
-                event = dataclasses.replace(event, status=ERROR, score=None, box=None, mask_area=None,
+                event = dataclasses.replace(event, status=ERROR, score=None, box=None, mask_area=None, instances=(),
                                             error=f"cannot build output messages: {type(exc).__name__}: {exc}")
                 frame_outputs = []
                 status_json = event.to_json()
@@ -167,14 +183,18 @@ class TrackPublisher:
                 self._sink(output, msg)
             self._sink(Output.TRACK_STATUS, messages.string(self._kit, status_json))
 
-    def _frame_outputs(self, event: TrackEvent, mask: np.ndarray | None, label: str) -> list[tuple[Output, Any]]:
-        if event.frame is None or mask is None:  # only ``tracking`` events come with a mask
+    def _frame_outputs(self, event: TrackEvent, labels: Sequence[str]) -> list[tuple[Output, Any]]:
+        if event.frame is None or event.status != TRACKING:
             return []
         kit = self._kit
         hdr = messages.header(kit, event.frame.stamp, event.frame.frame_id)
-        outputs = [(Output.TRACK_MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8")))]
+        shape = next(step.mask.shape for step in event.instances if step.mask is not None)
+        mask, instances = frame_mask(event.instances, shape)
+        outputs = [(Output.TRACK_MASK, messages.image(kit, hdr, encode_image(mask_to_mono8(mask), "mono8"))),
+                   (Output.TRACK_INSTANCES, messages.image(kit, hdr, encode_image(instances, "mono8")))]
         if kit.has_detections:
-            array = messages.detection_array(kit, hdr, event.box, label, event.score, event.query_id) \
-                if event.box is not None else kit.Detection2DArray(header=hdr, detections=[])
-            outputs.append((Output.TRACK_DETECTIONS, array))
+            found = [messages.detection(kit, hdr, step.box, label, step.score, messages.detection_id(event.query_id, n))
+                     for n, (step, label) in enumerate(zip(event.instances, labels, strict=True), start=1)
+                     if step.status == TRACKING and step.box is not None]
+            outputs.append((Output.TRACK_DETECTIONS, kit.Detection2DArray(header=hdr, detections=found)))
         return outputs

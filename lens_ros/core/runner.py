@@ -11,7 +11,7 @@ import numpy as np
 from lens_model.errors import InputError
 from lens_ros.core.frames import Frame, LatestFrameBuffer
 from lens_ros.core.image_codec import compressed_msg_to_rgb, image_msg_to_rgb
-from lens_ros.core.outcome import NO_BOX, OK, QueryOutcome
+from lens_ros.core.outcome import QueryOutcome
 from lens_ros.core.queries import Query
 from lens_ros.core.segmenter import Segmenter, is_out_of_memory, release_accelerator_memory
 
@@ -109,6 +109,5 @@ class QueryRunner:
             return failure(f"model returned a {result.mask.shape} mask for a {rgb.shape[:2]} frame", **context)
         timings.update(result.timings_ms)
         timings["node_total"] = _ms(time.perf_counter() - started)
-        status = OK if result.box is not None else NO_BOX
-        return RunOutput(QueryOutcome(query.id, query.text, status, result=result, timings_ms=timings, **context,
+        return RunOutput(QueryOutcome(query.id, query.text, result.status, result=result, timings_ms=timings, **context,
                                       **query.lineage()), rgb)

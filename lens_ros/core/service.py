@@ -20,7 +20,7 @@ from lens_ros.core.queries import Query, QueryIds, QueryQueue, QueueClosed, deco
 from lens_ros.core.runner import QueryRunner, RunSettings
 from lens_ros.core.segmenter import Segmenter, TrackerOpener, load_segmenter, open_tracker, release_accelerator_memory
 from lens_ros.core.stats import NodeState, NodeStats, diagnostic_report
-from lens_ros.core.tracking import Tracking
+from lens_ros.core.tracking import TrackerPool, Tracking
 from lens_ros.core.worker import IDLE_WAIT_S, InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,9 @@ class LensService:
                 self.activation_error = (f"activate failed: cannot open a {p.track_mode} tracker: "
                                          f"{type(exc).__name__}: {exc}")
                 raise
-            tracking = Tracking(tracker, p, self.frames, TrackPublisher(self._kit, self._sink), self.stats, self._clock,
-                                self._ids.next, rate_limited=not self._synchronous)
+            trackers = TrackerPool(tracker, lambda: self._open_tracker(segmenter, p))
+            tracking = Tracking(trackers, p, self.frames, TrackPublisher(self._kit, self._sink), self.stats,
+                                self._clock, self._ids.next, rate_limited=not self._synchronous)
         self.activation_error = None
         self._model_info = dict(segmenter.describe())
         if self._model_info.get("random_weights"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lens_ros.core.messages import DiagnosticReport
-from lens_ros.core.outcome import ERROR, LOST, NO_BOX, OK, TRACKING
+from lens_ros.core.outcome import ERROR, LOST, NO_BOX, NO_TARGET, OK, TRACKING
 
 OK_LEVEL, WARN_LEVEL, ERROR_LEVEL = 0, 1, 2
 TRACK_RATE_WINDOW_S = 2.0  # the track rate in the diagnostics: steps with a mask over this many seconds
@@ -17,7 +17,7 @@ class NodeStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.queries_received = 0
-        self.results = {OK: 0, NO_BOX: 0, ERROR: 0}
+        self.results = {OK: 0, NO_TARGET: 0, NO_BOX: 0, ERROR: 0}
         self.queries_evicted = 0
         self.last_status: str | None = None
         self.last_error: str | None = None
@@ -130,6 +130,7 @@ def diagnostic_report(name: str, stats: NodeStats, state: NodeState) -> Diagnost
         ("random_weights", str(model.get("random_weights", ""))),
         ("queries_received", str(stats.queries_received)),
         ("results_ok", str(stats.results[OK])),
+        ("results_no_target", str(stats.results[NO_TARGET])),
         ("results_no_box", str(stats.results[NO_BOX])),
         ("results_error", str(stats.results[ERROR])),
         ("queries_dropped_queue_full", str(stats.queries_evicted)),

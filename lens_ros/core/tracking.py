@@ -1,5 +1,10 @@
 """The track between queries: a query that found its target seeds it, then each new frame gets a step.
 
+Every instance of the query gets a tracker of its own (``lens_model.instance_tracks``), seeded with its own
+mask; the trackers come from a pool that keeps them between queries (opening one may load weights). An
+instance the tracker loses is dropped and the others go on; the track is ``lost``, and ends, when its
+last instance is.
+
 All tracker calls run on one thread (the inference worker, or the caller in synchronous bag mode), so
 a step never runs beside a query. ``stop`` may come from any thread: it ends the track under the lock,
 and a step that was running then publishes nothing, so no output of a track follows its ``stopped``.
@@ -18,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lens_model.answer_parser import MAX_INSTANCES
 from lens_model.errors import InputError
+from lens_model.instance_tracks import FrameSummary, InstanceTracks
 from lens_ros.core.frames import Frame, LatestFrameBuffer
 from lens_ros.core.outcome import ERROR, LOST, OK, STOPPED, TRACKING, QueryOutcome, TrackEvent
 from lens_ros.core.params import LensParams
@@ -35,8 +42,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Track:
-    query: Query  # the query whose mask seeded it
-    label: str  # class_id of its detections: the query's grounded label, else its text
+    query: Query  # the query whose instances seeded it
+    labels: list[str]  # class_id of each instance's detections: its grounded label, else the query's text
+    instances: InstanceTracks
     last_seq: int  # the newest frame it ran on or was seeded from (Frame.seq)
     seeded_s: float
 
@@ -44,8 +52,37 @@ class Track:
 @dataclass
 class StepOutput:
     event: TrackEvent
-    mask: np.ndarray | None = None  # for ``tracking`` events
     ended: str | None = None  # why the track ends after this frame (published as ``stopped`` unless lost)
+
+
+class TrackerPool:
+    """The trackers of the instances of a track: ``first`` (opened when the node activates, so that an
+    unusable tracker fails activation) and more opened as queries with more instances need them, kept for
+    later queries; at most ``MAX_INSTANCES``, as many as an answer holds instances."""
+
+    def __init__(self, first: Tracker, open_more: Callable[[], Tracker]) -> None:
+        self._trackers = [first]
+        self._open_more = open_more
+
+    @property
+    def active(self) -> bool:
+        return any(tracker.active for tracker in self._trackers)
+
+    def take(self, count: int) -> Callable[[], Tracker]:
+        """Hands out up to ``count`` trackers, one a call (for ``InstanceTracks``); the others are stopped."""
+        if count > MAX_INSTANCES:
+            raise ValueError(f"{count} instances, more than the {MAX_INSTANCES} an answer holds")
+        while len(self._trackers) < count:
+            self._trackers.append(self._open_more())
+        for tracker in self._trackers[count:]:
+            if tracker.active:
+                tracker.stop()
+        return iter(self._trackers[:count]).__next__
+
+    def stop(self) -> None:
+        for tracker in self._trackers:
+            if tracker.active:
+                tracker.stop()
 
 
 def _ms(seconds: float) -> float:
@@ -53,12 +90,12 @@ def _ms(seconds: float) -> float:
 
 
 class Tracking:
-    def __init__(self, tracker: Tracker, params: LensParams, frames: LatestFrameBuffer, publisher: TrackPublisher,
-                 stats: NodeStats, clock: Callable[[], float], new_id: Callable[[], int], *,
+    def __init__(self, trackers: TrackerPool, params: LensParams, frames: LatestFrameBuffer,
+                 publisher: TrackPublisher, stats: NodeStats, clock: Callable[[], float], new_id: Callable[[], int], *,
                  rate_limited: bool) -> None:
         """``rate_limited``: at most ``tracking.max_rate_hz`` steps (the live node); False steps on every
         frame (bag mode, where nothing waits)."""
-        self._tracker = tracker
+        self._trackers = trackers
         self._params = params
         self._frames = frames
         self._publisher = publisher
@@ -80,8 +117,8 @@ class Tracking:
         return query.trigger == ASKED or query.epoch == self._epoch
 
     def after_query(self, query: Query, outcome: QueryOutcome, rgb: np.ndarray | None) -> None:
-        """A query ran and its result is out: its mask seeds the track, replacing the one before; a query
-        that found nothing ends the track. A query message always does one or the other."""
+        """A query ran and its result is out: its instances' masks seed the track, replacing the one before;
+        a query that found nothing ends the track. A query message always does one or the other."""
         with self._lock:
             if not self.wants(query):
                 return
@@ -89,19 +126,21 @@ class Tracking:
                 self._epoch += 1
             epoch = self._epoch
         result = outcome.result
-        if outcome.status != OK or result is None or rgb is None or outcome.frame is None or not result.mask.any():
+        if (outcome.status != OK or result is None or rgb is None or outcome.frame is None
+                or not any(instance.mask.any() for instance in result.instances)):
             why = outcome.error or (result.box_status if result is not None else "no mask")
             self._end(f"query {query.id} found nothing to track ({outcome.status}: {why})", epoch)
             return
         try:
-            self._tracker.start(rgb, result.mask)
+            instances = InstanceTracks(self._trackers.take(len(result.instances)), rgb, result.instances)
         except Exception as exc:  # InputError or a model failure: the query's own result is out already
             self._recover(exc)
             self._end(f"cannot start a track from query {query.id}: {type(exc).__name__}: {exc}", epoch)
             return
+        labels = [instance.label or query.text for instance in result.instances]
         with self._lock:
-            if self._epoch == epoch:  # not stopped while the tracker started
-                self._track = Track(query, result.label or query.text, outcome.frame.seq, self._clock())
+            if self._epoch == epoch:  # not stopped while the trackers started
+                self._track = Track(query, labels, instances, outcome.frame.seq, self._clock())
 
     def stop(self, reason: str) -> str:
         """End the track (any thread) and cancel its re-acquisitions; returns what happened, for the caller."""
@@ -118,8 +157,8 @@ class Tracking:
         with self._lock:  # a re-acquisition belongs to this epoch: a stop from now on cancels it
             track, epoch = self._track, self._epoch
         if track is None:
-            if self._tracker.active:  # ended by a stop or a failed query: free the tracker's state here
-                self._tracker.stop()
+            if self._trackers.active:  # ended by a stop or a failed query: free the trackers' state here
+                self._trackers.stop()
             return IDLE_WAIT_S, None
         now = self._clock()
         period = self._params.reacquire_period_s
@@ -139,7 +178,7 @@ class Tracking:
                 return 0.0, None
             track.last_seq = frame.seq
             event = output.event
-            self._publisher.publish(event, output.mask, track.label)
+            self._publisher.publish(event, track.labels)
             self._stats.track_frame(event.status, event.frames_dropped, now, event.timings_ms.get("node_total"))
             if output.ended is None:
                 return 0.0, None
@@ -165,25 +204,26 @@ class Tracking:
             return StepOutput(event)
         decoded = time.perf_counter()
         try:
-            step = self._tracker.step(rgb)
-        except InputError as exc:  # the tracker kept its state: the track goes on with the next frame
-            event.error = f"tracker rejected the frame: {exc}"
-            return StepOutput(event)
-        except Exception as exc:
+            steps = track.instances.step(rgb)
+        except Exception as exc:  # a frame a tracker refuses is an error step; anything else ends the track
             self._recover(exc)
             event.error = f"tracker failed: {type(exc).__name__}: {exc}"
             return StepOutput(event, ended=f"the tracker failed on a frame: {type(exc).__name__}")
-        event.timings_ms = {"decode": _ms(decoded - started), **step.timings_ms,
+        timings: dict[str, float] = {}
+        for step in steps:  # the trackers' stages, summed over the instances
+            for stage, ms in step.timings_ms.items():
+                timings[stage] = timings.get(stage, 0.0) + ms
+        event.timings_ms = {"decode": _ms(decoded - started), **timings,
                             "node_total": _ms(time.perf_counter() - started)}
-        if step.mask.shape != rgb.shape[:2]:
-            event.error = f"tracker returned a {step.mask.shape} mask for a {rgb.shape[:2]} frame"
-            return StepOutput(event)
-        event.score, event.box = float(step.score), step.box
-        if step.lost:
-            event.status, event.reason = LOST, f"the tracker lost the target (score {step.score:.3f})"
+        summary = FrameSummary.of(steps)
+        event.status, event.score, event.box, event.error, event.instances = (
+            summary.status, summary.score, summary.box, summary.error, steps)
+        if not track.instances.live:  # the last instance was lost on this frame
+            event.reason = f"the tracker lost the target (score {summary.score:.3f})"
             return StepOutput(event, ended=event.reason)
-        event.status, event.mask_area = TRACKING, int(step.mask.sum())
-        return StepOutput(event, step.mask)
+        if summary.status == TRACKING:
+            event.mask_area = int(np.logical_or.reduce([step.mask for step in steps if step.mask is not None]).sum())
+        return StepOutput(event)
 
     def _reacquire(self, track: Track, trigger: str, now: float, epoch: int) -> Query:
         self._stats.track_reacquired()

@@ -56,6 +56,7 @@ class Decoded:
     mask: np.ndarray
     box: Box
     ignore: np.ndarray | None = None
+    instances: tuple[tuple[Box, np.ndarray], ...] = ()  # Sample.instances
 
 
 class TargetDataset(abc.ABC, Generic[Annotation]):
@@ -124,6 +125,7 @@ class TargetDataset(abc.ABC, Generic[Annotation]):
             ignore=None if decoded.ignore is None else decoded.ignore.copy(),
             reasoning=query.reasoning,
             meta={**target.meta, **query.meta},
+            instances=tuple((box, mask.copy()) for box, mask in decoded.instances),
         )
 
     def __iter__(self) -> Iterator[Sample]:

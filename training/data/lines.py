@@ -34,12 +34,17 @@ def read_json_objects(path: Path, skips: SkipCounter) -> Iterator[tuple[int, dic
             yield number, value
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; ``ValueError`` with one line saying why if the file does not hold one."""
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; ``ValueError`` with one line saying why if the file is not valid JSON."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except MALFORMED_JSON as error:
         raise ValueError(f"{path} is not valid JSON: {error_line(error)}") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``ValueError`` with one line saying why if the file does not hold one."""
+    value = read_json(path)
     if not isinstance(value, dict):
         raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object")
     return value

@@ -59,20 +59,14 @@ class ReferDataset(TargetDataset[ReferAnnotation]):
     ) -> None:
         folder, image_dir = Path(folder), Path(image_dir).resolve()
         skips = skips or SkipCounter(f"{source}/{split}")
-        refs = load_plain_pickle(folder / f"refs({split_by}).p")
-        if not isinstance(refs, list):
-            raise ValueError(f"{folder / f'refs({split_by}).p'} holds a {type(refs).__name__}, expected a list of refs")
+        refs_path = folder / f"refs({split_by}).p"
+        refs = refs_of_split(load_plain_pickle(refs_path), refs_path, split)
         instances = read_json_object(folder / "instances.json")
-        images = _by_id(instances, "images")
-        annotations = _by_id(instances, "annotations")
-        available = sorted({ref["split"] for ref in refs if isinstance(ref, dict) and isinstance(ref.get("split"), str)})
-        if split not in available:
-            raise ValueError(f"split {split!r} not in {folder} (available: {', '.join(available)})")
+        images = by_id(instances, "images")
+        annotations = by_id(instances, "annotations")
         image_files: dict[str, Path | BrokenEntry] = {}
         targets = []
         for ref in refs:
-            if not isinstance(ref, dict) or ref.get("split") != split:
-                continue
             try:
                 targets.append(_target(ref, images, annotations, image_dir, image_files))
             except BrokenEntry as error:
@@ -86,15 +80,25 @@ class ReferDataset(TargetDataset[ReferAnnotation]):
         return Decoded(image=image, mask=mask, box=target.annotation.box)
 
 
-def _by_id(instances: dict[str, Any], field: str) -> dict[Key, dict[str, Any]]:
+def refs_of_split(refs: Any, path: Path, split: str) -> list[dict[str, Any]]:
+    """The refs of ``split`` in a refs file's content; ``ValueError`` if it is not a list or lacks the split."""
+    if not isinstance(refs, list):
+        raise ValueError(f"{path} holds a {type(refs).__name__}, expected a list of refs")
+    available = sorted({ref["split"] for ref in refs if isinstance(ref, dict) and isinstance(ref.get("split"), str)})
+    if split not in available:
+        raise ValueError(f"split {split!r} not in {path.parent} (available: {', '.join(available)})")
+    return [ref for ref in refs if isinstance(ref, dict) and ref.get("split") == split]
+
+
+def by_id(instances: dict[str, Any], field: str) -> dict[Key, dict[str, Any]]:
     """The objects of ``instances[field]`` by their ``id``; objects without a usable id are left out."""
     items = instances.get(field, [])
     if not isinstance(items, list):
         raise ValueError(f"instances.json: '{field}' is a {type(items).__name__}, expected a list")
-    return {item["id"]: item for item in items if isinstance(item, dict) and _is_key(item.get("id"))}
+    return {item["id"]: item for item in items if isinstance(item, dict) and is_key(item.get("id"))}
 
 
-def _is_key(value: Any) -> bool:
+def is_key(value: Any) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
@@ -109,22 +113,20 @@ def _target(
         ref_id, ann_id, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
     except KeyError as error:
         raise BrokenEntry("malformed ref", f"no {error}") from error
-    if not (_is_key(ann_id) and _is_key(image_id) and isinstance(sentences, (list, tuple))):
+    if not (is_key(ann_id) and is_key(image_id) and isinstance(sentences, (list, tuple))):
         raise BrokenEntry("malformed ref", "ann_id and image_id must be ids, sentences a list")
     ref_text, image_text = entry_id(ref_id, "ref_id"), entry_id(image_id, "image_id")
     ann = annotations.get(ann_id)
     if ann is None:
         raise BrokenEntry("missing annotation", f"ann_id {brief(ann_id)}")
-    queries = tuple(q for q in (_query(s, f"{ref_text}:{i}") for i, s in enumerate(sentences)) if q is not None)
-    if not queries:
-        raise BrokenEntry("no sentences")
-    path = _image_file(image_dir, _image_file_name(images.get(image_id, {}), image_id), image_files)
+    queries = ref_queries(sentences, ref_text)
+    path = image_file(image_dir, image_file_name(images.get(image_id, {}), image_id), image_files)
     annotation = ReferAnnotation(parse_coco_segmentation(ann.get("segmentation")), xywh_to_xyxy(ann.get("bbox")))
     meta = {"split": ref["split"], "ann_id": ann_id, "category_id": ann.get("category_id")}
     return Target(path, image_text, ref_text, queries, annotation, meta)
 
 
-def _image_file(image_dir: Path, name: str, image_files: dict[str, Path | BrokenEntry]) -> Path:
+def image_file(image_dir: Path, name: str, image_files: dict[str, Path | BrokenEntry]) -> Path:
     """``contained_file`` for an image, remembered: many refs share one image."""
     if name not in image_files:
         try:
@@ -137,7 +139,7 @@ def _image_file(image_dir: Path, name: str, image_files: dict[str, Path | Broken
     return found
 
 
-def _image_file_name(image_info: dict[str, Any], image_id: Key) -> str:
+def image_file_name(image_info: dict[str, Any], image_id: Key) -> str:
     file_name = image_info.get("file_name")
     if isinstance(file_name, str) and file_name:
         return file_name
@@ -147,6 +149,14 @@ def _image_file_name(image_info: dict[str, Any], image_id: Key) -> str:
         return f"COCO_train2014_{int(image_id):012d}.jpg"
     except ValueError as error:
         raise BrokenEntry("malformed ref", f"image_id {brief(image_id)}") from error
+
+
+def ref_queries(sentences: list[Any] | tuple[Any, ...], ref_text: str) -> tuple[Query, ...]:
+    """The usable sentences of a ref (``BrokenEntry`` when there is none)."""
+    queries = tuple(q for q in (_query(s, f"{ref_text}:{i}") for i, s in enumerate(sentences)) if q is not None)
+    if not queries:
+        raise BrokenEntry("no sentences")
+    return queries
 
 
 def _query(sentence: Any, fallback_id: str) -> Query | None:

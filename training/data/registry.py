@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from training.data.dataset import TargetDataset
+from training.data.grefer import GReferDataset
 from training.data.groundingsuite import GroundingSuiteDataset
 from training.data.jsonl import JsonlDataset
 from training.data.reasonseg import ReasonSegDataset
 from training.data.refer import ReferDataset
 
 REFER_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
-DATASET_NAMES = (*REFER_SPLIT_BY, "reasonseg", "groundingsuite", "jsonl", "synthetic")
+DATASET_NAMES = (*REFER_SPLIT_BY, "grefcoco", "reasonseg", "groundingsuite", "jsonl", "synthetic")
 GROUNDINGSUITE_JSONL = Path("groundingsuite") / "GroundingSuite-Eval.jsonl"
 GROUNDINGSUITE_IMAGES = Path("coco") / "unlabeled2017"
 COCO_TRAIN2014 = Path("images") / "mscoco" / "images" / "train2014"
@@ -25,6 +26,8 @@ def load_dataset(name: str, root: str | Path, split: str | None = None, **kwargs
     - ``refcoco``, ``refcoco+``, ``refcocog``: ``root/<name>/refs(unc|umd).p`` + ``instances.json``,
       images in ``root/images/mscoco/images/train2014``; split ``train``, ``val``, ``testA``,
       ``testB`` or ``test``.
+    - ``grefcoco``: ``root/grefcoco/grefs(unc).json`` + ``instances.json``, images as for RefCOCO; split
+      ``train``, ``val``, ``testA`` or ``testB``. Expressions may name several objects or none.
     - ``synthetic``: the generator's output, ``root/synthetic/`` (split ``train``, ``val``, ``test``).
     - ``reasonseg``: ``root/reason_seg/ReasonSeg/<split>/``.
     - ``groundingsuite``: ``root/groundingsuite/GroundingSuite-Eval.jsonl`` with images in
@@ -36,6 +39,9 @@ def load_dataset(name: str, root: str | Path, split: str | None = None, **kwargs
         kwargs.setdefault("image_dir", root / COCO_TRAIN2014)
         kwargs.setdefault("split_by", REFER_SPLIT_BY[name])
         return ReferDataset(root / name, _required(name, split), source=name, **kwargs)
+    if name == "grefcoco":
+        kwargs.setdefault("image_dir", root / COCO_TRAIN2014)
+        return GReferDataset(root / name, _required(name, split), **kwargs)
     if name == "synthetic":
         kwargs.setdefault("image_dir", root / "synthetic" / "images")
         return ReferDataset(root / "synthetic", _required(name, split), source=name, **kwargs)

@@ -23,6 +23,11 @@ class Sample:
     ``sample_id`` is unique within the dataset. ``reasoning`` is an optional worked explanation (the
     synthetic generator writes one). ``meta`` carries dataset-specific extras such as the split,
     ReasonSeg's ``is_sentence`` or the synthetic ``expression_type``.
+
+    ``instances`` are the (box, mask) of each object the expression names, for datasets that say
+    (gRefCOCO): ``mask`` is then their union. An expression that names nothing (gRefCOCO's no-target
+    expressions) has an empty ``mask``, ``instances=()`` and ``meta["no_target"]`` True. Single-target
+    datasets leave ``instances`` empty: their one target is ``mask`` and ``box``.
     """
 
     image: np.ndarray
@@ -36,6 +41,7 @@ class Sample:
     ignore: np.ndarray | None = None
     reasoning: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    instances: tuple[tuple[Box, np.ndarray], ...] = ()
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
@@ -51,6 +57,10 @@ class Sample:
         if len(self.box) != 4:
             raise ValueError(f"box must be (x1, y1, x2, y2), got {self.box}")
         self.box = tuple(float(v) for v in self.box)  # type: ignore[assignment]
+        for box, mask in self.instances:
+            if len(box) != 4 or mask.dtype != np.bool_ or mask.shape != self.image.shape[:2]:
+                raise ValueError(f"an instance must be a box (x1, y1, x2, y2) and a bool mask of shape "
+                                 f"{self.image.shape[:2]}, got {box} and {mask.shape} {mask.dtype}")
 
     @property
     def height(self) -> int:
