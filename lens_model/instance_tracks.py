@@ -1,9 +1,11 @@
 """Every instance of a query followed through the frames after it: one tracker per instance, seeded
 with that instance's own mask (``lens_model.tracker``: one tracker follows one object).
 
-An instance whose tracker loses it is dropped (its later steps are ``no_track``); a frame a tracker
-refuses (``InputError``) is an ``error`` step and the tracker goes on with the next frame. At most
-``answer_parser.MAX_INSTANCES`` instances, so at most that many trackers.
+A step the tracker loses is a ``lost`` step without a mask, and the tracker goes on with the next frame:
+it keeps searching where the target was heading (in box mode ``LensTracker``'s reference box moves on at
+its velocity), so the instance is ``tracking`` again once the tracker finds it. A frame a tracker refuses
+(``InputError``) is an ``error`` step and the tracker goes on too. At most ``answer_parser.MAX_INSTANCES``
+instances, so at most that many trackers.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from lens_model.errors import InputError
 from lens_model.result import Box, Instance, instance_map
 
 # What one instance did on one frame: the query ran on it, the tracker gave it a mask, lost it on it,
-# could not use the frame (the track goes on), or there is no track (none started, or lost before).
+# could not use the frame (the track goes on either way), or there is no track (its mask was empty).
 QUERY, TRACKING, LOST, ERROR, NO_TRACK = "query", "tracking", "lost", "error", "no_track"
 
 
@@ -54,15 +56,10 @@ class InstanceTracks:
                 tracker.start(image, instance.mask)
             self._trackers.append(tracker)
 
-    @property
-    def live(self) -> bool:
-        """Some instance is still followed."""
-        return any(tracker is not None for tracker in self._trackers)
-
     def step(self, frame: np.ndarray) -> list[InstanceStep]:
         """Each instance's step on ``frame``."""
         steps = []
-        for index, tracker in enumerate(self._trackers):
+        for tracker in self._trackers:
             if tracker is None:
                 steps.append(InstanceStep(NO_TRACK))
                 continue
@@ -74,8 +71,7 @@ class InstanceTracks:
             if step.mask.shape != frame.shape[:2]:
                 steps.append(InstanceStep(ERROR, error=f"tracker returned a {step.mask.shape} mask for a "
                                                        f"{frame.shape[:2]} frame", timings_ms=step.timings_ms))
-            elif step.lost:
-                self._trackers[index] = None
+            elif step.lost:  # no mask: it is not the target
                 steps.append(InstanceStep(LOST, step.score, step.box, timings_ms=step.timings_ms))
             else:
                 steps.append(InstanceStep(TRACKING, step.score, step.box, step.mask, timings_ms=step.timings_ms))

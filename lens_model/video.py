@@ -7,6 +7,10 @@ the frame is ``tracking`` while any instance is, else ``lost`` when one was lost
 when one could not use it, else ``no_track``; the summary's score is the mean and its box the box around
 those instances' (with one instance, that instance's).
 
+A lost step has no mask (a frame with no mask writes an all-zero mask PNG) and does not end the track:
+the tracker keeps stepping through every frame to the end of the video, searching where the target was
+heading, and the instance is ``tracking`` again once the tracker finds it. The query is not re-run.
+
 Streaming: one decoded frame is held at a time. Each frame's mask PNG, its line of ``track.jsonl`` and
 its overlay frame go to the staging folder (``StagedOutputs``) as soon as the frame is done, so memory
 does not grow with the video's length; the disk holds one mask PNG per frame and the overlay video

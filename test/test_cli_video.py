@@ -84,7 +84,7 @@ def test_the_query_runs_on_the_first_frame_and_the_tracker_on_every_other(video,
     assert run.frames == FRAMES
 
 
-def test_a_lost_target_ends_the_track_and_a_rejected_frame_does_not(video, tmp_path):
+def test_a_lost_frame_has_no_mask_and_the_track_goes_on_as_after_a_rejected_frame(video, tmp_path):
     segmenter = FakeSegmenter()
     tracker = segmenter.tracker()
     tracker.lost_at = {4}
@@ -99,10 +99,14 @@ def test_a_lost_target_ends_the_track_and_a_rejected_frame_does_not(video, tmp_p
     out = tmp_path / "out"
     run_fake(video, out, segmenter, lambda: tracker)
     lines = read_lines(out)
-    assert [line["status"] for line in lines] == ["query", "tracking", "error", "tracking", "lost", "no_track"]
-    assert lines[2]["error"] == "tracker rejected the frame: frame 2 is no good" and lines[4]["score"] == 0.1
-    assert [read_mask(out, index).any() for index in range(FRAMES)] == [True, True, False, True, False, False]
-    assert tracker.stepped == [1, 3, 4]  # the refused frame left the tracker as it was
+    assert [line["status"] for line in lines] == ["query", "tracking", "error", "tracking", "lost", "tracking"]
+    assert lines[2]["error"] == "tracker rejected the frame: frame 2 is no good"
+    assert lines[4] == {"index": 4, "status": "lost", "score": 0.1, "box": [4, 4, 8, 8], "mask_area": 0, "error": None,
+                        "instances": [{"status": "lost", "score": 0.1, "box": [4, 4, 8, 8], "mask_area": 0,
+                                       "error": None}]}
+    assert [read_mask(out, index).any() for index in range(FRAMES)] == [True, True, False, True, False, True]
+    assert not read_instances(out, 4).any()
+    assert tracker.stepped == [1, 3, 4, 5]  # the refused frame left the tracker as it was; the lost one too
 
 
 def test_a_query_that_finds_nothing_starts_no_track(video, tmp_path):
@@ -221,28 +225,30 @@ def test_every_instance_gets_a_tracker_of_its_own(video, tmp_path):
     out = tmp_path / "out"
     segmenter = FakeSegmenter("multi")
     first, second = FakeTracker(segmenter.activity), ShiftedTracker(segmenter.activity)
-    second.lost_at, first.lost_at = {3}, {5}
+    second.lost_at, first.lost_at = {3, 5}, {5}
     trackers = iter([first, second])
     run = run_fake(video, out, segmenter, lambda: next(trackers))
     result = segmenter.predict(marked(0), "x")
     for tracker, instance in zip((first, second), result.instances, strict=True):  # each seeded with its own mask
         assert tracker.started_on == [0] and np.array_equal(tracker.seed_masks[0], instance.mask)
-    assert (first.stepped, second.stepped) == ([1, 2, 3, 4, 5], [1, 2, 3])  # a lost instance is followed no more
+    assert first.stepped == second.stepped == [1, 2, 3, 4, 5]  # a lost instance is still followed
 
     lines = read_lines(out)
     assert [[step["status"] for step in line["instances"]] for line in lines] == [
-        ["query", "query"], *[["tracking", "tracking"]] * 2, ["tracking", "lost"], ["tracking", "no_track"],
-        ["lost", "no_track"]]
+        ["query", "query"], *[["tracking", "tracking"]] * 2, ["tracking", "lost"], ["tracking", "tracking"],
+        ["lost", "lost"]]
     assert [line["status"] for line in lines] == ["query", "tracking", "tracking", "tracking", "tracking", "lost"]
     assert lines[0]["box"] == [0.0, 0.0, 32.0, 24.0] and lines[0]["mask_area"] == 2 * 768  # the query's result
     assert lines[1]["score"] == pytest.approx(0.7) and lines[1]["box"] == [1, 1, 15, 5]  # around both instances
     assert lines[1]["mask_area"] == 32 and lines[3]["score"] == 0.9 and lines[3]["box"] == [3, 3, 7, 7]
-    assert lines[5]["box"] == [5, 5, 9, 9] and lines[5]["mask_area"] == 0
+    assert lines[4]["box"] == [4, 4, 18, 8] and lines[4]["mask_area"] == 32  # the second found again
+    assert (lines[5]["score"], lines[5]["box"], lines[5]["mask_area"]) == (0.1, [5, 5, 19, 9], 0)  # both lost
 
     assert np.array_equal(read_instances(out, 0), result.instance_map())
     instances = read_instances(out, 1)
     assert (instances[1:5, 1:5] == 1).all() and (instances[1:5, 11:15] == 2).all() and instances.sum() == 16 * 3
-    assert set(np.unique(read_instances(out, 4))) == {0, 1} and not read_instances(out, 5).any()
+    assert set(np.unique(read_instances(out, 3))) == {0, 1} and set(np.unique(read_instances(out, 4))) == {0, 1, 2}
+    assert not read_instances(out, 5).any() and not read_mask(out, 5).any()
     assert (read_mask(out, 1) > 0).sum() == 32
     assert run.statuses == {"query": 1, "tracking": 4, "lost": 1}
 

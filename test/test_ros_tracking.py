@@ -1,6 +1,7 @@
 """Tracking between queries in the ROS-free core, with FakeTracker: every later frame gets a step stamped
 with that frame, at most tracking.max_rate_hz; queries go first; dropped frames are counted; bad frames
-give error statuses and the track goes on; lost and periodic re-acquisition; stop; diagnostics."""
+give error statuses and the track goes on; lost frames (the track goes on), lost and periodic
+re-acquisition; stop; diagnostics."""
 from __future__ import annotations
 
 import json
@@ -313,14 +314,69 @@ def test_a_lost_track_is_reacquired_by_a_query_of_its_own():
     assert (values["track_lost"], values["track_reacquires"], values["track_query_id"]) == ("1", "1", "2")
 
 
-def test_without_reacquire_on_lost_a_lost_track_just_ends():
-    service, segmenter, sink, _ = tracking_service(**{"tracking.reacquire_on_lost": False})
+def test_a_reacquisition_that_finds_nothing_ends_the_lost_track_with_a_stopped_status():
+    service, segmenter, sink, _ = tracking_service()
     segmenter.fake_tracker.lost_at = {1}
     seed(service, segmenter)
+    segmenter.behaviour = "no_box"
     service.on_image(frame(1))
     service.on_image(frame(2))
-    assert len(sink.results()) == 1 and [s["status"] for s in statuses(sink)] == ["lost"]
-    assert diagnostics(service, sink)["track_state"] == "idle"
+    assert [(r["trigger"], r["status"]) for r in sink.results()] == [("query", "ok"), ("lost", "no_box")]
+    seen = statuses(sink)
+    assert [(s["status"], s["query_id"], s["frame_id"]) for s in seen] == [("lost", 1, "f1"), ("stopped", 1, None)]
+    assert seen[1]["reason"] == "query 2 found nothing to track (no_box: no box in answer)"
+    assert segmenter.fake_tracker.stepped == [1] and diagnostics(service, sink)["track_state"] == "idle"
+
+
+def test_without_reacquire_on_lost_the_track_goes_on_through_lost_frames():
+    service, segmenter, sink, _ = tracking_service(**{"tracking.reacquire_on_lost": False})
+    segmenter.fake_tracker.lost_at = {2, 3}
+    seed(service, segmenter)
+    for index in (1, 2, 3, 4):
+        service.on_image(frame(index))
+    assert len(sink.results()) == 1 and segmenter.fake_tracker.stepped == [1, 2, 3, 4]
+    seen = statuses(sink)
+    assert [(s["frame_id"], s["status"], s["query_id"]) for s in seen] == [
+        ("f1", "tracking", 1), ("f2", "lost", 1), ("f3", "lost", 1), ("f4", "tracking", 1)]
+    assert (seen[1]["score"], seen[1]["box"], seen[1]["mask_area"]) == (0.1, [2, 2, 6, 6], None)
+    assert seen[1]["reason"] == "the tracker lost the target (score 0.100)" and seen[3]["reason"] is None
+    assert [square_at(m) for m in sink.of(Output.TRACK_MASK)] == [1, 4]  # no mask for a lost frame
+    values = diagnostics(service, sink)
+    assert (values["track_state"], values["track_query_id"], values["track_frames"]) == ("tracking", "1", "2")
+    assert (values["track_lost"], values["track_reacquires"]) == ("2", "0")  # lost frames, not tracks
+
+
+def test_a_lost_episode_asks_for_one_reacquisition_and_no_step_runs_until_it_has_run():
+    """The worker runs a waiting query before the next step, so the frames after the lost one get no step
+    (and ask for nothing) until the re-acquisition has replaced or ended the track."""
+    service, segmenter, sink, clock, gate = gated_service()
+    tracker = segmenter.fake_tracker
+    tracker.lost_at = {1, 2}
+    try:
+        seed(service, segmenter)
+        gate.clear()
+        tracker.gate = threading.Event()
+        service.on_image(frame(1))
+        assert tracker.stepping.wait(10)  # the step that loses the target is running
+        service.on_image(frame(2))  # waiting for a step when the re-acquisition is queued
+        clock.now += 1.0  # the rate limit allows a step
+        tracker.gate.set()
+        assert wait_until(lambda: len(segmenter.calls) == 2, 10)  # the re-acquisition runs, held by the gate
+        service.on_image(frame(3))
+        clock.now += 1.0
+        time.sleep(0.3)
+        assert tracker.stepped == [1] and diagnostics(service, sink)["track_reacquires"] == "1"
+        gate.set()
+        assert wait_until(lambda: len(statuses(sink)) == 2, 10)
+        values = diagnostics(service, sink)
+    finally:
+        service.deactivate()
+    assert [(r["query_id"], r["trigger"], r["frame_id"]) for r in sink.results()] == [(1, "query", "f0"),
+                                                                                    (2, "lost", "f2")]
+    assert [(s["frame_id"], s["status"], s["query_id"]) for s in statuses(sink)[:2]] == [
+        ("f1", "lost", 1), ("f3", "tracking", 2)]
+    assert tracker.started_on == [0, 2] and tracker.stepped == [1, 3]
+    assert (values["track_lost"], values["track_reacquires"]) == ("1", "1")
 
 
 def test_periodic_reacquisition_reruns_the_query_every_period_and_reseeds_the_track():
@@ -352,11 +408,11 @@ def test_a_new_query_replaces_the_track_and_one_that_finds_nothing_ends_it():
     assert segmenter.fake_tracker.stepped == [1, 2]
 
 
-def test_every_instance_is_tracked_and_the_track_is_lost_with_its_last_instance():
+def test_every_instance_is_tracked_and_a_frame_is_lost_when_no_instance_is_tracked_on_it():
     clock, sink = ManualClock(T0), RecordingSink()
     segmenter = FakeSegmenter("multi")
     first, second = segmenter.fake_tracker, ShiftedTracker(segmenter.activity)
-    second.lost_at, first.lost_at = {2}, {3}
+    second.lost_at, first.lost_at = {2, 3}, {3}
     opened = iter([first, second])
     params = LensParams.from_ros({"model.name": "fake", "tracking.enabled": True, "frames.max_age_s": 0.0,
                                   "tracking.reacquire_on_lost": False})
@@ -370,21 +426,24 @@ def test_every_instance_is_tracked_and_the_track_is_lost_with_its_last_instance(
         assert tracker.started_on == [0] and np.array_equal(tracker.seed_masks[0], instance.mask)
     for index in (1, 2, 3, 4):
         service.on_image(frame(index))
-    assert (first.stepped, second.stepped) == ([1, 2, 3], [1, 2])
+    assert first.stepped == second.stepped == [1, 2, 3, 4]  # a lost instance is still followed
     seen = statuses(sink)
     assert [(s["status"], [i["status"] for i in s["instances"]]) for s in seen] == [
-        ("tracking", ["tracking", "tracking"]), ("tracking", ["tracking", "lost"]), ("lost", ["lost", "no_track"])]
+        ("tracking", ["tracking", "tracking"]), ("tracking", ["tracking", "lost"]), ("lost", ["lost", "lost"]),
+        ("tracking", ["tracking", "tracking"])]
     assert (seen[0]["score"], seen[0]["box"], seen[0]["mask_area"]) == (0.7, [1, 1, 15, 5], 32)
     assert seen[1]["instances"][1] == {"status": "lost", "score": 0.1, "box": [12, 2, 16, 6], "mask_area": 0,
                                        "error": None}
-    assert seen[2]["reason"] == "the tracker lost the target (score 0.100)"
-    assert [out for out, _ in sink.published][5:] == [*TRACK_OUTPUTS * 2, Output.TRACK_STATUS]
+    assert (seen[2]["score"], seen[2]["box"], seen[2]["mask_area"]) == (0.1, [3, 3, 17, 7], None)
+    assert seen[2]["reason"] == "the tracker lost the target (score 0.100)" and seen[3]["query_id"] == 1
+    assert [out for out, _ in sink.published][5:] == [*TRACK_OUTPUTS * 2, Output.TRACK_STATUS, *TRACK_OUTPUTS]
     instances = np.asarray(sink.of(Output.TRACK_INSTANCES)[0].data).reshape(48, 64)
     assert (instances[1:5, 1:5] == 1).all() and (instances[1:5, 11:15] == 2).all() and instances.sum() == 16 * 3
     assert stamp_of(sink.of(Output.TRACK_INSTANCES)[0]) == frame_stamp(1)
     detections = [[(d.id, d.results[0].hypothesis.class_id) for d in array.detections]
                   for array in sink.of(Output.TRACK_DETECTIONS)]
-    assert detections == [[("1/1", "thing"), ("1/2", "other thing")], [("1/1", "thing")]]
+    both = [("1/1", "thing"), ("1/2", "other thing")]
+    assert detections == [both, [("1/1", "thing")], both]
     segmenter.behaviour = "ok"
     service.on_query("the thing")  # one instance: the second tracker is stopped, the first seeded again
     assert second.stops == 1 and first.started_on == [0, 4]
@@ -434,6 +493,8 @@ def test_a_reacquisition_running_when_the_track_is_stopped_does_not_restart_it()
     reacquisition = sink.results()[1]
     assert (reacquisition["trigger"], reacquisition["status"]) == ("lost", "ok")  # answered, as every query is
     assert tracker.started_on == [0] and tracker.stepped == [1]
+    assert [(s["status"], s["reason"]) for s in statuses(sink)] == [
+        ("lost", "the tracker lost the target (score 0.100)"), ("stopped", "stop requested by a test")]
 
 
 def test_a_reacquisition_waiting_behind_a_new_query_is_cancelled_with_an_error_result():
@@ -506,7 +567,7 @@ def test_a_stop_while_a_reacquisition_is_being_made_still_cancels_it():
                                              result=segmenter.predict(marked(0), "the thing")), marked(0))
     frames.put(Frame.from_msg(frame(1), compressed=False, received_s=0.0))
     _, reacquisition = tracking.step()
-    assert [s["status"] for s in statuses(sink)] == ["lost"]
+    assert [s["status"] for s in statuses(sink)] == ["lost", "stopped"]
     assert reacquisition.trigger == "lost" and not tracking.wants(reacquisition)
 
 

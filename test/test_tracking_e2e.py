@@ -206,7 +206,7 @@ def test_lens_segment_video_writes_a_mask_and_a_line_per_frame(model, tmp_path):
     for index in range(8):
         mask = cv2.imread(str(out / "masks" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (448, 448) and set(np.unique(mask)) <= {0, 255}
-        assert int((mask == 255).sum()) == lines[index]["mask_area"] or lines[index]["status"] == "lost"
+        assert int((mask == 255).sum()) == lines[index]["mask_area"]  # all zero on a lost frame
     result = json.loads((out / "result.json").read_text())
     assert result["frame"] == 0 and result["track"]["frames"] == 8 and result["model"] == model
     capture = cv2.VideoCapture(str(out / "overlay.mp4"), cv2.CAP_FFMPEG)

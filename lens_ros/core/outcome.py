@@ -19,8 +19,8 @@ NO_BOX = "no_box"
 ERROR = "error"
 RESULT_SCHEMA = "lens_ros/result/3"  # 2 added trigger and origin_query_id; 3 the no_target status and instances
 MAX_ERROR_CHARS = 1000
-# The status of a track event: a frame with a mask, the frame where the target was lost (the track
-# ends), a frame that got no mask (the track goes on), the end of a track for any other reason.
+# The status of a track event: a frame with a mask, a frame where the target was lost, a frame that got
+# no mask for another reason (the track goes on after both), the end of a track.
 TRACKING, LOST, STOPPED = "tracking", "lost", "stopped"
 TRACK_SCHEMA = "lens_ros/track/2"  # 2 added each instance's step
 
@@ -86,8 +86,9 @@ class QueryOutcome:
 class TrackEvent:
     """One message on ``track/status``: a frame of the track of query ``query_id`` (``frame`` set), or
     the end of that track (``stopped``, no frame). ``error`` says why a frame got no mask, ``reason``
-    why the track ended (``lost``, ``stopped``). ``instances`` are the steps of the query's instances on
-    the frame, one tracker each; ``status``, ``score`` and ``box`` sum them up (``FrameSummary``)."""
+    why the target was lost on it (``lost``) or why the track ended (``stopped``). ``instances`` are the
+    steps of the query's instances on the frame, one tracker each; ``status``, ``score`` and ``box`` sum
+    them up (``FrameSummary``)."""
 
     query_id: int
     origin_query_id: int

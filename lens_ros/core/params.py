@@ -132,7 +132,8 @@ class LensParams:
     reacquire_period_s: float = _param(
         0.0, "tracking.reacquire_period_s", "Re-run the query of a track this often; 0 = never.", minimum=0.0)
     reacquire_on_lost: bool = _param(
-        True, "tracking.reacquire_on_lost", "Re-run the query when its track is lost.")
+        True, "tracking.reacquire_on_lost",
+        "Re-run the query when a frame of its track is lost; its answer replaces or ends the track.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -145,7 +145,7 @@ def diagnostic_report(name: str, stats: NodeStats, state: NodeState) -> Diagnost
         ("track_rate_hz", f"{stats.track_rate_hz(state.now_s):.1f}"),
         ("track_frames", str(stats.track_events[TRACKING])),
         ("track_frames_dropped", str(stats.track_frames_dropped)),  # arrived during a track, got no step
-        ("track_lost", str(stats.track_events[LOST])),
+        ("track_lost", str(stats.track_events[LOST])),  # frames with a lost status (a lost track goes on)
         ("track_errors", str(stats.track_events[ERROR])),
         ("track_reacquires", str(stats.track_reacquires)),
         ("last_track_step_ms", _fmt(stats.last_track_step_ms)),

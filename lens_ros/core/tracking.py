@@ -1,9 +1,11 @@
 """The track between queries: a query that found its target seeds it, then each new frame gets a step.
 
 Every instance of the query gets a tracker of its own (``lens_model.instance_tracks``), seeded with its own
-mask; the trackers come from a pool that keeps them between queries (opening one may load weights). An
-instance the tracker loses is dropped and the others go on; the track is ``lost``, and ends, when its
-last instance is.
+mask; the trackers come from a pool that keeps them between queries (opening one may load weights). A
+frame is ``lost`` when no instance is tracked on it and one was lost on it; it publishes no mask, and the
+track goes on: each tracker keeps searching where its target was heading, and the track is ``tracking``
+again on the first frame where one finds its target. With ``tracking.reacquire_on_lost`` a lost frame
+also starts a re-acquisition, which replaces or ends the track.
 
 All tracker calls run on one thread (the inference worker, or the caller in synchronous bag mode), so
 a step never runs beside a query. ``stop`` may come from any thread: it ends the track under the lock,
@@ -52,7 +54,7 @@ class Track:
 @dataclass
 class StepOutput:
     event: TrackEvent
-    ended: str | None = None  # why the track ends after this frame (published as ``stopped`` unless lost)
+    ended: str | None = None  # why the track ends after this frame (published as ``stopped``)
 
 
 class TrackerPool:
@@ -162,8 +164,8 @@ class Tracking:
             return IDLE_WAIT_S, None
         now = self._clock()
         period = self._params.reacquire_period_s
-        # Due again only after this query ran: the worker runs a waiting query before the next step, and
-        # the query replaces or ends this track.
+        # Due again only after this query ran: the worker (or the synchronous caller) runs it before the
+        # next step, and the query replaces or ends this track.
         if period > 0 and now - track.seeded_s >= period:
             return 0.0, self._reacquire(track, PERIOD, now, epoch)
         if self._last_step_s is not None and 0 <= now - self._last_step_s < self._min_period_s:
@@ -180,11 +182,12 @@ class Tracking:
             event = output.event
             self._publisher.publish(event, track.labels)
             self._stats.track_frame(event.status, event.frames_dropped, now, event.timings_ms.get("node_total"))
-            if output.ended is None:
-                return 0.0, None
-            self._track = None
-            if event.status != LOST:
+            if output.ended is not None:
+                self._track = None
                 self._publisher.publish(self._stopped(track, output.ended))
+                return 0.0, None
+        # As for the period: it runs before the next step and replaces or ends this track, so the later
+        # frames of the same lost episode never ask again.
         if event.status == LOST and self._params.reacquire_on_lost:
             return 0.0, self._reacquire(track, LOST_TRIGGER, now, epoch)
         return 0.0, None
@@ -218,10 +221,9 @@ class Tracking:
         summary = FrameSummary.of(steps)
         event.status, event.score, event.box, event.error, event.instances = (
             summary.status, summary.score, summary.box, summary.error, steps)
-        if not track.instances.live:  # the last instance was lost on this frame
+        if summary.status == LOST:
             event.reason = f"the tracker lost the target (score {summary.score:.3f})"
-            return StepOutput(event, ended=event.reason)
-        if summary.status == TRACKING:
+        elif summary.status == TRACKING:
             event.mask_area = int(np.logical_or.reduce([step.mask for step in steps if step.mask is not None]).sum())
         return StepOutput(event)
 
