@@ -172,3 +172,19 @@ def test_sft_with_grounding_attention_points_the_head_at_the_target(tmp_path_fac
     assert all(r["loss"] == pytest.approx(r["completion_nll"] + r["grounding_attention"], rel=1e-4) for r in records)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "eager" not in json.dumps(config)  # the model keeps its attention implementation
+
+
+def test_every_box_of_several_is_grounded_and_the_no_target_answer_grounds_the_reasoning_only():
+    tokenizer = build_tiny_random().processor.tokenizer
+    boxes = [(0.0, 0.0, 20.0, 20.0), (80.0, 60.0, 100.0, 90.0)]
+    reasoning = "Row by row, the image shows a small red cup at (10, 10) and a large red cup at (90, 75)."
+    section, size, grid = ga.GroundingAttentionSection(reasoning_points=True), (112, 112), (4, 4)
+    masks = [_sample(box, size=112).mask for box in boxes]
+    completion = format_answer([(box, "all the cups") for box in boxes], "reasoning", reasoning)
+    groundings = ga.completion_groundings(tokenizer, completion, list(zip(boxes, masks)), size, grid, section)
+    assert [_digits(tokenizer, completion, g.positions) for g in groundings[:2]] == ["002020", "806010090"]
+    assert groundings[0].target.argmax().item() == 0 and groundings[1].target.argmax().item() == 2 * 4 + 3
+    assert len(groundings) == 4  # the two boxes, then the two points of the reasoning
+    nothing = format_answer([], "reasoning", reasoning)
+    groundings = ga.completion_groundings(tokenizer, nothing, [], size, grid, section)
+    assert len(groundings) == 2 and [g.target.argmax().item() for g in groundings] == [0, 2 * 4 + 3]

@@ -83,7 +83,7 @@ def policy_loss(engine: Engine, encoder: BatchEncoder, rollout: Rollout, cfg: GR
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             **{f"reward_{n}": float(components[n].mean()) for n in REWARD_NAMES},
             "completion_length": float(lengths.mean()),
-            "parse_failure": sum(p.box is None for p in rollout.parsed) / len(rollout.parsed),
+            "parse_failure": sum(p.box is None and not p.no_target for p in rollout.parsed) / len(rollout.parsed),
         }
     # On the first pass π_old = π_θ (ratio 1, nothing clipped); later passes use the stored log-probs.
     old = None if first else rollout.logp_old
