@@ -130,6 +130,14 @@ def test_segmentation_loss_takes_the_given_targets_and_defaults_to_the_sample_ma
     assert chosen < default and chosen_ious[0] > ious[0] and chosen_ious[1] == ious[1]
     with pytest.raises(ValueError):
         segmentation_loss(logits, samples, MaskLossWeights(), targets[:1])
+    # a row without target takes no part; with none at all the loss is a zero that still back-propagates
+    logits.requires_grad_(True)
+    one, parts, one_ious = segmentation_loss(logits, samples, MaskLossWeights(), [None, left[1]])
+    alone, alone_parts, _ = segmentation_loss(logits[1:], samples[1:], MaskLossWeights(), [left[1]])
+    assert torch.equal(one, alone) and parts == alone_parts and one_ious == [chosen_ious[1]]
+    nothing, parts, ious = segmentation_loss(logits, samples, MaskLossWeights(), [None, None])
+    nothing.backward()
+    assert nothing.item() == 0.0 and parts == {} and ious == [] and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_the_lens_mask_learns_the_first_or_the_answered_instance() -> None:
@@ -137,9 +145,9 @@ def test_the_lens_mask_learns_the_first_or_the_answered_instance() -> None:
     two, one, none = _sample([left, right]), _sample([right]), _sample([])
     assert first_instance_mask(one) is one.mask  # a single object's target is its mask, as always
     np.testing.assert_array_equal(first_instance_mask(two), left[1])
-    assert not first_instance_mask(none).any() and first_instance_mask(none).shape == (8, 8)
+    assert first_instance_mask(none) is None
     boxes = [left[0], right[0]]
     np.testing.assert_array_equal(answered_instance_mask(two, (5, 4, 8, 8), boxes), right[1])
     np.testing.assert_array_equal(answered_instance_mask(two, None, boxes), left[1])
     assert answered_instance_mask(one, (0, 0, 1, 1), [right[0]]) is one.mask
-    assert not answered_instance_mask(none, (0, 0, 3, 3), []).any()
+    assert answered_instance_mask(none, (0, 0, 3, 3), []) is None

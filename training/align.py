@@ -7,7 +7,7 @@ The reasoner and SAM 2 are frozen (``trainable`` selects what learns, by paramet
 Each sample is teacher-forced: prompt + the ground-truth answer written in the exact format the model
 produces at inference (JSON box in the reasoner's frame, or think/answer with the sample's reasoning)
 + the M queries; the loss is BCE + Dice of SAM 2's mask at the original resolution, against the
-answer's first object (``training.instance_targets``). Frozen encoder
+answer's first object, no-target samples left out (``training.instance_targets``). Frozen encoder
 outputs (SAM 2 image features, reasoner vision features) are cached per image. The loop itself
 (checkpoints, resume, logging, evaluation, export) is ``training.loop.train_stage``.
 """
@@ -42,7 +42,7 @@ def align_loss(engine: Engine, encoder: BatchEncoder, samples, weights: MaskLoss
     out = engine(batch.inputs, answers, batch.sam_features)
     loss, parts, ious = segmentation_loss(out.mask_logits, samples, weights, [first_instance_mask(s) for s in samples])
     metrics = {"loss": float(loss.detach()), **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
-               "train_iou": sum(ious) / len(ious)}
+               **({"train_iou": sum(ious) / len(ious)} if ious else {})}  # no-target rows are not scored
     return loss, metrics
 
 

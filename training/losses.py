@@ -113,15 +113,19 @@ def mask_loss(
 
 
 def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample], weights: MaskLossWeights,
-                      targets: Sequence[np.ndarray] | None = None) -> tuple[torch.Tensor, dict[str, float], list[float]]:
+                      targets: Sequence[np.ndarray | None] | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float], list[float]]:
     """Mask loss of each row at its sample's original resolution (fp32), averaged over rows.
 
-    ``targets`` are the rows' target masks, by default ``sample.mask``. Returns the differentiable
-    total, the mean of each component, and each row's mask IoU.
+    ``targets`` are the rows' target masks, by default ``sample.mask``; a row whose target is None
+    takes no part. Returns the differentiable total (zero, still attached to the logits, when no row
+    takes part), the mean of each component, and each scored row's mask IoU.
     """
     totals, sums, ious = [], {}, []
     targets = [s.mask for s in samples] if targets is None else targets
     for logits, sample, gt in zip(low_res_logits, samples, targets, strict=True):
+        if gt is None:
+            continue
         full = sam_head.upsample_logits(logits[None], sample.height, sample.width)
         target = torch.from_numpy(gt).to(full.device)[None].float()
         ignore = None if sample.ignore is None else torch.from_numpy(sample.ignore).to(full.device)[None]
@@ -130,5 +134,7 @@ def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample], weigh
         for name, value in parts.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         ious.append(mask_iou((full[0] > 0).cpu().numpy(), gt, sample.ignore))
-    means = {name: value / len(samples) for name, value in sums.items()}
+    if not totals:
+        return low_res_logits.sum() * 0.0, {}, []
+    means = {name: value / len(totals) for name, value in sums.items()}
     return torch.stack(totals).mean(), means, ious
