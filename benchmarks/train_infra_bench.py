@@ -114,7 +114,7 @@ def bench_rewards() -> dict[str, object]:
     pred = gt ^ (rng.random(gt.shape) < 0.05)
 
     def score() -> None:
-        reward_components(parse_answer(text), template="reasoning", gt_box=(100, 90, 400, 380), pred_mask=pred, gt_mask=gt)
+        reward_components(parse_answer(text), template="reasoning", gt_boxes=[(100, 90, 400, 380)], pred_mask=pred, gt_mask=gt)
 
     return {"parse_and_rewards_1024px": timed(score, 50)}
 

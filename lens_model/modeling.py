@@ -12,7 +12,7 @@ model folders: ``lens_model.checkpoints``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ from lens_model.errors import CheckpointFormatError, one_line
 from lens_model.processor import EncodedImage, EncodedPrompts, ReasonerProcessor
 from lens_model.query_pass import cached_query_pass, completion_mask, full_query_pass
 from lens_model.reasoner import build_reasoner
+from lens_model.result import Box
 from lens_model.weights import WeightSource, load_into, match_checkpoint
 
 
@@ -218,6 +219,16 @@ class LensModel(nn.Module):
 
     def sam_features(self, images: list) -> sam_head.SamImageFeatures:
         return sam_head.encode_images(self.sam, self.sam_pixels(images))
+
+    def box_masks(self, features: sam_head.SamImageFeatures, boxes: Sequence[Box], frame: tuple[int, int],
+                  image_of_box: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 2's own masks for ``boxes`` (x1, y1, x2, y2 in a ``frame`` of (width, height) pixels),
+        box i on image ``image_of_box[i]`` of ``features``: the instance masks of an answer's objects
+        after its first (``docs/model.md``). Low-resolution logits (N, S/4, S/4) and predicted IoU (N,)."""
+        size = self.config.sam_image_size
+        scale = torch.tensor([size / frame[0], size / frame[1]] * 2)
+        prompts = (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale).clamp(0, size).to(self.device)
+        return sam_head.decode_box_masks(self.sam, features.select(list(image_of_box)), prompts)
 
     def encode_prompts(self, queries: list[str], encoded: list[EncodedImage], template: str | None = None) -> EncodedPrompts:
         template = template or self.config.template

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from lens_model import sam_head
-from lens_model.answer_parser import map_box, parse_answer
+from lens_model.answer_parser import ParsedAnswer, map_box, parse_answer
 from lens_model.frames import validate_image
 from lens_model.modeling import Completions, LensModel
 from lens_model.prompts import clean_query
-from lens_model.result import Instance, SegmentationResult
+from lens_model.result import Box, Instance, SegmentationResult
 from lens_model.timing import StageTimer
 from lens_model.tracker import LensTracker, TrackerConfig
 
@@ -71,8 +71,14 @@ class LensPredictor:
             out = model(inputs, completions, features, rows_per_image=len(queries), query_states=states)
         with timer.stage("postprocess", device):
             masks = (sam_head.upsample_logits(out.mask_logits, height, width) > config.mask_threshold).cpu().numpy()
-            results = [self._result(q, masks[i], float(out.iou_predictions[i]), completions, i, encoded.resized_size,
-                                    (width, height)) for i, q in enumerate(queries)]
+            answers = [self._answer(completions, i) for i in range(len(queries))]
+            parsed = [parse_answer(answer) for answer, _ in answers]
+            firsts = [None if p.box is None else map_box(p.box, encoded.resized_size, (width, height)) for p in parsed]
+        with timer.stage("mask_decoder", device):
+            extras = self._later_instances(parsed, firsts, features, encoded.resized_size, (width, height))
+        with timer.stage("postprocess", device):
+            results = [self._result(q, masks[i], float(out.iou_predictions[i]), parsed[i], *answers[i], firsts[i], extras[i])
+                       for i, q in enumerate(queries)]
         for result in results:
             result.timings_ms = timer.with_total()
         return results
@@ -94,17 +100,39 @@ class LensPredictor:
             "profile": config.profile or "native",
         }
 
-    def _result(self, query: str, mask: np.ndarray, iou: float, completions: Completions, row: int,
-                resized: tuple[int, int], original: tuple[int, int]) -> SegmentationResult:
+    def _answer(self, completions: Completions, row: int) -> tuple[str, int]:
+        """The decoded answer of a completion row and its number of generated tokens."""
         ids = completions.ids[row][completions.attention[row].bool()].tolist()
-        answer = self.model.processor.decode([t for t in ids if t not in self.model.eos_token_ids]).strip()
-        parsed = parse_answer(answer)
-        box = map_box(parsed.box, resized, original) if parsed.box is not None else None
+        return self.model.processor.decode([t for t in ids if t not in self.model.eos_token_ids]).strip(), len(ids)
+
+    def _later_instances(self, parsed: list[ParsedAnswer], firsts: list[Box | None], features: sam_head.SamImageFeatures,
+                         resized: tuple[int, int], original: tuple[int, int]) -> list[list[Instance]]:
+        """Per row, the answer's objects after its first, each masked by SAM 2's own box prompt (the
+        first object's mask is the LENS mask); none when the first box is unusable. One decode for all."""
+        wanted = [[] if first is None else [(b, label) for b, label in ((map_box(box, resized, original), label)
+                                                                        for box, label in zip(p.boxes[1:], p.labels[1:]))
+                                            if b is not None]
+                  for p, first in zip(parsed, firsts)]
+        boxes = [box for row in wanted for box, _ in row]
+        if not boxes:
+            return [[] for _ in parsed]
+        logits, iou = self.model.box_masks(features, boxes, original, [0] * len(boxes))
+        width, height = original
+        masks = iter((sam_head.upsample_logits(logits, height, width) > self.model.config.mask_threshold).cpu().numpy())
+        scores = iter(iou.float().clamp(0.0, 1.0).tolist())
+        return [[Instance(box, next(masks), next(scores), label) for box, label in row] for row in wanted]
+
+    def _result(self, query: str, mask: np.ndarray, iou: float, parsed: ParsedAnswer, answer: str, tokens: int,
+                box: Box | None, later: list[Instance]) -> SegmentationResult:
         status = parsed.status if parsed.box is None else ("ok" if box is not None else "box outside the image")
         score = min(max(iou, 0.0), 1.0)
+        instances = [] if box is None else [Instance(box, mask, score, parsed.label), *later]
+        if parsed.no_target:  # the LENS mask of "nothing matches" is no target's mask
+            mask = np.zeros_like(mask)
+        elif later:
+            mask = np.logical_or.reduce([instance.mask for instance in instances])
         return SegmentationResult(
             query=query, mask=mask, box=box, box_status=status, label=parsed.label,
             score=score, reasoning=parsed.reasoning, answer=answer,
-            random_weights=self.model.config.random_weights, generated_tokens=len(ids),
-            instances=[] if box is None else [Instance(box, mask, score, parsed.label)],
+            random_weights=self.model.config.random_weights, generated_tokens=tokens, instances=instances,
         )

@@ -14,8 +14,9 @@ from training.synthetic import main as synthetic_main
 QUIET = ("log.progress_bar=false", "log.tensorboard=false")
 
 
-def synthetic_data(root: Path, images: int, seed: int, size: int) -> Path:
-    synthetic_main(["--out", str(root), "--images", str(images), "--seed", str(seed), "--size", str(size)])
+def synthetic_data(root: Path, images: int, seed: int, size: int, *extra: str) -> Path:
+    """``python -m training.synthetic`` with these arguments (``extra``: further options)."""
+    synthetic_main(["--out", str(root), "--images", str(images), "--seed", str(seed), "--size", str(size), *extra])
     return root
 
 

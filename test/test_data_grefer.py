@@ -81,7 +81,7 @@ def test_several_targets_one_target_and_none(tmp_path: Path) -> None:
     assert [box for box, _ in both.instances] == [(2.0, 2.0, 8.0, 8.0), (12.0, 10.0, 18.0, 16.0)]
     np.testing.assert_array_equal(both.instances[0][1], A)
     np.testing.assert_array_equal(both.instances[1][1], B)
-    assert both.box == (2.0, 2.0, 18.0, 16.0)  # around every instance
+    assert both.box == (2.0, 2.0, 8.0, 8.0)  # the first instance's, as for every dataset
     assert both.meta == {"split": "val", "ann_ids": [1, 2], "no_target": False, "category_ids": [1, 1]}
 
     assert [box for box, _ in right.instances] == [(12.0, 10.0, 18.0, 16.0)] and right.box == (12.0, 10.0, 18.0, 16.0)

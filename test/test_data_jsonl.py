@@ -124,12 +124,19 @@ def synthetic_samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     return list(load_dataset("synthetic", root, "train"))
 
 
+def test_samples_of_several_objects_or_none_are_not_exported(synthetic_samples: list[Sample], tmp_path: Path) -> None:
+    single = [s for s in synthetic_samples if len(s.instances) == 1]
+    assert 0 < len(single) < len(synthetic_samples)
+    assert write_jsonl(synthetic_samples, tmp_path / "all.jsonl") == len(single)
+    assert [s.text for s in load_dataset("jsonl", tmp_path / "all.jsonl")] == [s.text for s in single]
+
+
 @pytest.mark.parametrize("mask_format", ["rle", "png"])
 def test_write_jsonl_round_trips_exactly(synthetic_samples: list[Sample], tmp_path: Path, mask_format: str) -> None:
-    assert write_jsonl(synthetic_samples, tmp_path / "all.jsonl", mask_format=mask_format) == len(synthetic_samples)
+    single = [s for s in synthetic_samples if len(s.instances) == 1]
+    assert write_jsonl(single, tmp_path / "all.jsonl", mask_format=mask_format) == len(single)
     loaded = list(load_dataset("jsonl", tmp_path / "all.jsonl"))
-    assert len(loaded) == len(synthetic_samples)
-    for original, copy in zip(synthetic_samples, loaded, strict=True):
+    for original, copy in zip(single, loaded, strict=True):
         np.testing.assert_array_equal(copy.image, original.image)
         np.testing.assert_array_equal(copy.mask, original.mask)
         assert (copy.text, copy.box, copy.reasoning) == (original.text, original.box, original.reasoning)
@@ -137,6 +144,7 @@ def test_write_jsonl_round_trips_exactly(synthetic_samples: list[Sample], tmp_pa
 
 
 def test_groundingsuite_and_reasonseg_exports_load_back(synthetic_samples: list[Sample], tmp_path: Path) -> None:
+    synthetic_samples = [s for s in synthetic_samples if len(s.instances) == 1]
     write_groundingsuite(
         synthetic_samples,
         tmp_path / "groundingsuite" / "GroundingSuite-Eval.jsonl",

@@ -38,10 +38,11 @@ def test_generator_output_loads_one_sample_per_sentence(synthetic_root: Path) ->
         samples = list(dataset)
         assert len(samples) == len(dataset) and dataset.skips.total == 0
         for sample in samples:
-            assert sample.mask.dtype == np.bool_ and sample.mask.any()
-            assert sample.box == mask_to_box(sample.mask)  # the generator writes the mask's own bbox
+            assert sample.mask.dtype == np.bool_ and sample.mask.any() != sample.no_target
+            for box, mask in sample.instances:  # the generator writes each mask's own bbox
+                assert box == mask_to_box(mask)
             assert sample.reasoning and sample.meta["split"] == split
-            assert sample.meta["expression_type"] in {"shape", "color", "size", "position", "relation"}
+            assert sample.meta["expression_type"] in {"shape", "color", "size", "position", "relation", "multiple", "absent"}
             assert sample.source == "synthetic" and sample.image.shape == (96, 96, 3)
         assert len(load_dataset("synthetic", synthetic_root, split, per="ref")) == len(split_refs)
 
@@ -139,6 +140,26 @@ def test_polygons_are_unioned_binarised_and_boxes_converted(refcoco_root: Path) 
     assert first.meta == {"split": "testA", "ann_id": 1, "category_id": 1}
 
 
+def test_a_list_of_ann_ids_gives_instances_and_the_empty_list_no_target(refcoco_root: Path) -> None:
+    folder = refcoco_root / "refcoco"
+    instances = json.loads((folder / "instances.json").read_text())
+    instances["annotations"].append(_ann(9, 42, [[20, 10, 26, 10, 26, 16, 20, 16]], [20, 10, 6, 6]))
+    (folder / "instances.json").write_text(json.dumps(instances))
+    refs = [{**_ref(0, 1, 42, texts=("both",)), "ann_id": [9, 1]}, {**_ref(1, 1, 42, texts=("none",)), "ann_id": []},
+            {**_ref(2, 1, 42, texts=("one",)), "ann_id": [1]}]
+    (folder / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    dataset = load_dataset("refcoco", refcoco_root, "testA")
+    both, none, one = list(dataset)
+    assert [t.referents for t in dataset.targets] == [2, 0, 1]
+    assert both.boxes == [(20.0, 10.0, 26.0, 16.0), (1.0, 2.0, 11.0, 7.0)] and both.box == both.boxes[0]
+    np.testing.assert_array_equal(both.mask, both.instances[0][1] | both.instances[1][1])
+    assert both.instances[0][1].sum() == 36 and not (both.instances[0][1] & both.instances[1][1]).any()
+    assert none.no_target and none.instances == () and not none.mask.any() and none.box == (0.0, 0.0, 0.0, 0.0)
+    assert none.meta["category_id"] is None
+    np.testing.assert_array_equal(one.mask, both.instances[1][1])
+    assert len(one.instances) == 1 and one.box == (1.0, 2.0, 11.0, 7.0)
+
+
 def test_rle_annotation_and_file_name_from_instances(refcoco_root: Path) -> None:
     (sample,) = list(load_dataset("refcoco", refcoco_root, "testB"))
     expected = np.zeros((HEIGHT, WIDTH), bool)
@@ -228,7 +249,8 @@ def test_hostile_refs_and_annotations_are_skipped_and_counted(refcoco_root: Path
     (folder / "instances.json").write_text(json.dumps(instances))
     refs = [_ref(0, 1, 42)] + [_ref(k, k, 42) for k in (20, 21, 22)] + [_ref(k, k, k + 23) for k in (23, 24, 25)]
     refs += [
-        {**_ref(30, 1, 42), "ann_id": [1]},  # unhashable: TypeError in a dict lookup
+        {**_ref(30, 1, 42), "ann_id": [[1]]},  # unhashable: TypeError in a dict lookup
+        {**_ref(36, 1, 42), "ann_id": [1] * 33},  # more instances than an answer may hold
         {**_ref(31, 1, 42), "image_id": {"a": 1}},
         {**_ref(32, 1, 42), "ref_id": 10**5000},  # str() refuses integers past the digit limit
         {**_ref(33, 1, 42), "ref_id": "DEEP"},  # replaced below by a list 100,000 levels deep
@@ -241,7 +263,7 @@ def test_hostile_refs_and_annotations_are_skipped_and_counted(refcoco_root: Path
     dataset = load_dataset("refcoco", refcoco_root, "testA")
     assert [s.text for s in dataset] == ["the thing"]
     assert dataset.skips.counts == {
-        "bad box": 1, "bad rle": 2, "path outside the dataset": 2, "malformed ref": 4, "bad id": 3,
+        "bad box": 1, "bad rle": 2, "path outside the dataset": 2, "malformed ref": 5, "bad id": 3,
     }
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from training.data import load_dataset
 from training.data.masks import Polygons
-from training.data.synthetic_expressions import parse_scene_listing
+from training.data.synthetic_expressions import EXPRESSION_TYPES, parse_scene_listing
 from training.data.synthetic_scenes import COLORS
 from training.synthetic import generate_dataset, main
 
@@ -95,10 +95,14 @@ def _load(root: Path) -> tuple[list[dict], dict[int, list[dict]]]:
     return refs, per_image
 
 
+def _single(refs: list[dict]) -> list[dict]:
+    return [ref for ref in refs if not isinstance(ref["ann_id"], list)]
+
+
 def test_every_sentence_has_exactly_one_referent(generated: Path) -> None:
     refs, per_image = _load(generated)
     kinds = set()
-    for ref in refs:
+    for ref in _single(refs):
         anns = per_image[ref["image_id"]]
         objects = [ann["attributes"] for ann in anns]
         target = [ann["id"] for ann in anns].index(ref["ann_id"])
@@ -112,7 +116,7 @@ def test_every_sentence_has_exactly_one_referent(generated: Path) -> None:
 
 def test_reasoning_names_the_candidates_and_the_target(generated: Path) -> None:
     refs, per_image = _load(generated)
-    for ref in refs[:60]:
+    for ref in _single(refs)[:60]:
         target = next(ann["attributes"] for ann in per_image[ref["image_id"]] if ann["id"] == ref["ann_id"])
         for sentence in ref["sentences"]:
             reasoning = sentence["reasoning"]
@@ -150,6 +154,66 @@ def test_masks_match_the_painted_pixels_exactly(generated: Path) -> None:
             np.testing.assert_array_equal(painted, union)
         checked += 1
     assert checked > 0
+
+
+GROUP_RE = re.compile(rf"^(?:all the|the (?P<count>two|three|four|five|six)) {_phrase('t')}s$")
+ABSENT_RE = re.compile(rf"^the {_phrase('t')}$")
+COUNTS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+
+
+def test_group_expressions_name_every_match_or_none(generated: Path) -> None:
+    refs, per_image = _load(generated)
+    groups = [ref for ref in refs if isinstance(ref["ann_id"], list)]
+    kinds = Counter(ref["sentences"][0]["expression_type"] for ref in groups)
+    assert set(kinds) == {"multiple", "absent"}
+    for ref in groups:
+        anns = per_image[ref["image_id"]]
+        objects = [ann["attributes"] for ann in anns]
+        (sentence,) = ref["sentences"]
+        text, reasoning = sentence["sent"], sentence["reasoning"]
+        if sentence["expression_type"] == "absent":
+            match = ABSENT_RE.match(text)
+            assert ref["ann_id"] == [] and match and _matching(objects, match.groupdict(), "t") == []
+            assert reasoning.endswith("so nothing matches.")
+            continue
+        match = GROUP_RE.match(text)
+        assert match, text
+        wanted = [anns[i]["id"] for i in _matching(objects, match.groupdict(), "t")]
+        assert len(wanted) >= 2 and sorted(ref["ann_id"]) == sorted(wanted)
+        assert match["count"] is None or COUNTS[match["count"]] == len(wanted)
+        # the answer's order is the reading order of the listing
+        centres = [next(a["attributes"]["center"] for a in anns if a["id"] == i) for i in ref["ann_id"]]
+        listed = [tuple(map(int, p)) for p in re.findall(r"\((\d+), (\d+)\)", reasoning.rsplit("There are ", 1)[1])]
+        assert len(listed) == len(centres)
+        assert np.abs(np.subtract(listed, centres)).max() <= 1
+        assert reasoning.endswith("are the targets.")
+
+
+def test_group_samples_carry_their_instances(generated: Path) -> None:
+    dataset = load_dataset("synthetic", generated, "train")
+    seen = Counter()
+    for sample in dataset:
+        kind = sample.meta["expression_type"]
+        seen[kind] += 1
+        if kind == "absent":
+            assert sample.no_target and not sample.mask.any() and sample.boxes == []
+        elif kind == "multiple":
+            assert len(sample.instances) >= 2 and sample.box == sample.boxes[0]
+            np.testing.assert_array_equal(sample.mask, np.logical_or.reduce([m for _, m in sample.instances]))
+        else:
+            assert len(sample.instances) == 1 and sample.instances[0][1] is sample.mask
+    assert seen["multiple"] and seen["absent"]
+
+
+def test_group_expressions_leave_the_single_object_dataset_unchanged(tmp_path: Path) -> None:
+    """Images, annotations and single-object refs are those of a dataset without group expressions."""
+    generate_dataset(tmp_path / "all", num_images=12, seed=5, size=96)
+    generate_dataset(tmp_path / "single", num_images=12, seed=5, size=96, expression_types=list(EXPRESSION_TYPES))
+    refs_all, _ = _load(tmp_path / "all")
+    refs_single, _ = _load(tmp_path / "single")
+    assert _single(refs_all) == refs_single and len(refs_all) > len(refs_single)
+    for name in ["instances.json", *(f"images/{p.name}" for p in (tmp_path / "single" / "synthetic" / "images").iterdir())]:
+        assert (tmp_path / "all" / "synthetic" / name).read_bytes() == (tmp_path / "single" / "synthetic" / name).read_bytes()
 
 
 def test_same_seed_gives_the_same_bytes(tmp_path: Path) -> None:

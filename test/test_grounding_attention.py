@@ -26,8 +26,8 @@ def _sample(box, mask_rows=None, size=8):
 
 def test_centre_target_is_the_token_holding_the_box_centre():
     size = (8, 8)
-    assert ga.box_target(_sample((5, 1, 7, 3)), (5, 1, 7, 3), size, (2, 2), "centre").tolist() == [0, 1, 0, 0]
-    assert ga.box_target(_sample((0, 6, 8, 8)), (0, 6, 8, 8), size, (2, 2), "centre").tolist() == [0, 0, 0, 1]
+    assert ga.box_target(_sample((5, 1, 7, 3)).mask, (5, 1, 7, 3), size, (2, 2), "centre").tolist() == [0, 1, 0, 0]
+    assert ga.box_target(_sample((0, 6, 8, 8)).mask, (0, 6, 8, 8), size, (2, 2), "centre").tolist() == [0, 0, 0, 1]
     # 2 rows x 4 columns: x 20 of 40 is column 2, y 99 of 100 row 1
     assert ga.point_target((20.0, 99.0), (40, 100), (2, 4)).tolist() == [0, 0, 0, 0, 0, 0, 1, 0]
 
@@ -35,7 +35,7 @@ def test_centre_target_is_the_token_holding_the_box_centre():
 def test_mask_target_spreads_over_the_tokens_by_mask_area():
     sample = _sample((0, 0, 8, 4), mask_rows=(slice(2, 4), slice(0, 8)))  # 2 rows across the top half
     sample.mask[4:5, 0:4] = True  # 4 more pixels in the bottom-left quarter
-    weights = ga.box_target(sample, sample.box, (8, 8), (2, 2), "mask")
+    weights = ga.box_target(sample.mask, sample.box, (8, 8), (2, 2), "mask")
     assert weights.tolist() == pytest.approx([8 / 20, 8 / 20, 4 / 20, 0.0])
 
 
@@ -50,18 +50,18 @@ def test_the_answer_box_numbers_and_optionally_the_reasoning_points_are_grounded
     box = (12.4, 30.0, 57.0, 101.0)
     completion = format_answer([(box, "the 2 red cups")], template, "Candidates at (12, 30) and (90, 4); 3 cups.")
     sample, size, grid = _sample((0, 0, 8, 8)), (112, 112), (4, 4)
-    box_only = ga.completion_groundings(tokenizer, completion, sample, box, size, grid, ga.GroundingAttentionSection())
+    box_only = ga.completion_groundings(tokenizer, completion, [(box, sample.mask)], size, grid, ga.GroundingAttentionSection())
     assert len(box_only) == 1 and _digits(tokenizer, completion, box_only[0].positions) == "123057101"
     assert box_only[0].target.tolist() == ga.point_target((34.7, 65.5), size, grid).tolist()
     section = ga.GroundingAttentionSection(reasoning_points=True)
-    groundings = ga.completion_groundings(tokenizer, completion, sample, box, size, grid, section)
+    groundings = ga.completion_groundings(tokenizer, completion, [(box, sample.mask)], size, grid, section)
     if template == "direct":  # no reasoning, no points
         assert len(groundings) == 1
         return
     assert [_digits(tokenizer, completion, g.positions) for g in groundings] == ["123057101", "1230", "904"]
     assert groundings[2].target.argmax().item() == 0 * 4 + 3  # (90, 4): top row, last column
     with pytest.raises(ValueError, match="does not contain its box"):
-        ga.completion_groundings(tokenizer, completion, sample, (1, 2, 3, 4), size, grid, section)
+        ga.completion_groundings(tokenizer, completion, [((1, 2, 3, 4), sample.mask)], size, grid, section)
 
 
 def test_the_words_describing_a_reasoning_point_are_grounded_with_it():
@@ -71,7 +71,7 @@ def test_the_words_describing_a_reasoning_point_are_grounded_with_it():
     completion = format_answer([(box, "cup")], "reasoning", reasoning)
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     section = ga.GroundingAttentionSection(reasoning_points=True)
-    groundings = ga.completion_groundings(tokenizer, completion, _sample((0, 0, 8, 8)), box, (112, 112), (4, 4), section)
+    groundings = ga.completion_groundings(tokenizer, completion, [(box, _sample((0, 0, 8, 8)).mask)], (112, 112), (4, 4), section)
     described = "".join(tokenizer.decode([ids[i]]) for i in groundings[1].positions)
     assert described == " large red cup1230"  # the words and the numbers, not "a", "at" or the brackets
     assert _digits(tokenizer, completion, groundings[2].positions) == "904"  # "the 2 cups": no description
@@ -172,3 +172,19 @@ def test_sft_with_grounding_attention_points_the_head_at_the_target(tmp_path_fac
     assert all(r["loss"] == pytest.approx(r["completion_nll"] + r["grounding_attention"], rel=1e-4) for r in records)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "eager" not in json.dumps(config)  # the model keeps its attention implementation
+
+
+def test_every_box_of_several_is_grounded_and_the_no_target_answer_grounds_the_reasoning_only():
+    tokenizer = build_tiny_random().processor.tokenizer
+    boxes = [(0.0, 0.0, 20.0, 20.0), (80.0, 60.0, 100.0, 90.0)]
+    reasoning = "Row by row, the image shows a small red cup at (10, 10) and a large red cup at (90, 75)."
+    section, size, grid = ga.GroundingAttentionSection(reasoning_points=True), (112, 112), (4, 4)
+    masks = [_sample(box, size=112).mask for box in boxes]
+    completion = format_answer([(box, "all the cups") for box in boxes], "reasoning", reasoning)
+    groundings = ga.completion_groundings(tokenizer, completion, list(zip(boxes, masks)), size, grid, section)
+    assert [_digits(tokenizer, completion, g.positions) for g in groundings[:2]] == ["002020", "806010090"]
+    assert groundings[0].target.argmax().item() == 0 and groundings[1].target.argmax().item() == 2 * 4 + 3
+    assert len(groundings) == 4  # the two boxes, then the two points of the reasoning
+    nothing = format_answer([], "reasoning", reasoning)
+    groundings = ga.completion_groundings(tokenizer, nothing, [], size, grid, section)
+    assert len(groundings) == 2 and [g.target.argmax().item() for g in groundings] == [0, 2 * 4 + 3]

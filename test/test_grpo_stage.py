@@ -6,12 +6,15 @@ from stage_fixtures import QUIET, assert_exact_resume, run_stage, run_stage_proc
 from training.common.config import load_config
 from training.common.logging import read_metrics
 from training.grpo.__main__ import main as grpo_main
+from lens_model import sam_head
+from lens_model.answer_format import format_answer
+from lens_model.answer_parser import parse_answer
 from lens_model.config import GenerationConfig
 from training.batches import BatchEncoder, training_dataset
 from training.grpo.config import GRPOConfig
 from training.grpo.rollout import RolloutSampler
 from training.grpo.trainer import reference_policy
-from training.grpo.update import policy_loss
+from training.grpo.update import answer_masks, policy_loss
 from training.starting_model import build_model
 
 CONFIG = "training/configs/grpo_tiny.yaml"
@@ -164,3 +167,29 @@ def test_grpo_raises_the_format_reward_of_a_briefly_warm_started_model(tmp_path)
     start, end = sum(curve[:6]) / 6, sum(curve[-6:]) / 6
     assert start < 0.7, f"the warm start already solves the task ({start:.2f}); nothing left to learn"
     assert end > start + 0.1, f"mean reward {start:.2f} -> {end:.2f}: GRPO did not learn ({[round(r, 2) for r in curve]})"
+
+
+def test_answer_masks_are_the_masks_the_predictor_returns(setup):
+    """One box: the LENS mask; several: with SAM 2's box masks of the others; []: empty."""
+    cfg, model, encoder, samples = setup
+    rollout = generate(model, None, encoder, samples, cfg)
+    boxes = [[4.0, 6.0, 40.0, 50.0], [60.0, 10.0, 100.0, 40.0]]
+    answers = [format_answer([(boxes[0], "x")], "direct"), format_answer([(b, "x") for b in boxes], "direct"),
+               format_answer([], "direct")]
+    rollout.parsed = [parse_answer(answers[row % 3]) for row in range(len(rollout))]
+    with torch.no_grad():
+        logits = model(rollout.inputs, rollout.completions, rollout.batch.sam_features,
+                       rows_per_image=rollout.group_size).mask_logits
+    masks = answer_masks(model, rollout, logits)
+    for row, (mask, sample) in enumerate(zip(masks, rollout.samples)):
+        lens = sam_head.upsample_logits(logits[row : row + 1], sample.height, sample.width)[0] > 0
+        if row % 3 == 0:
+            assert torch.equal(mask, lens)
+        elif row % 3 == 1:
+            image = row // rollout.group_size
+            with torch.no_grad():
+                later, _ = model.box_masks(rollout.batch.sam_features, [tuple(boxes[1])],
+                                           rollout.batch.resized_sizes[image], [image])
+            assert torch.equal(mask, lens | (sam_head.upsample_logits(later, sample.height, sample.width)[0] > 0))
+        else:
+            assert not mask.any() and mask.shape == lens.shape

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.iou import box_iou, expression_iou, mask_intersection_union
+from training.iou import box_iou, expression_iou, mask_intersection_union, match_boxes
 
 
 def _mask(rows: list[str]) -> np.ndarray:
@@ -57,3 +57,16 @@ def test_box_iou_by_hand_and_invalid_boxes() -> None:
         assert box_iou(bad, (0, 0, 1, 1)) == 0.0
         assert box_iou((0, 0, 1, 1), bad) == 0.0
     assert box_iou((0, 0, 1e300, 1e300), (0, 0, 1e300, 1e300)) == 0.0  # overflowing areas, not NaN
+
+
+A, B, C = (0, 0, 10, 10), (20, 0, 30, 10), (40, 0, 50, 20)
+
+
+def test_match_boxes_pairs_one_to_one_by_iou() -> None:
+    assert match_boxes([B, A], [A, B, C]) == [(0, 1, 1.0), (1, 0, 1.0)]
+    assert match_boxes([A, A], [A]) == [(0, 0, 1.0)]  # a ground-truth box is matched once
+    assert match_boxes([(20, 0, 30, 20)], [B, C]) == [(0, 0, 0.5)]
+    # the best pair first (IoU 1), then the best of what is left (0.2, though 0.6 was on offer to box 0)
+    matches = match_boxes([(0, 0, 10, 6), A], [A, (0, 4, 10, 10)])
+    assert [(i, j) for i, j, _ in matches] == [(1, 0), (0, 1)] and matches[1][2] == pytest.approx(0.2)
+    assert match_boxes([A], [C]) == [] and match_boxes([], [A]) == [] and match_boxes([A], []) == []

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import MaskLossWeights, bce_loss, dice_loss, focal_loss, mask_loss
+from training.data.sample import NO_BOX, Sample
+from training.instance_targets import answered_instance_mask, first_instance_mask
+from training.losses import MaskLossWeights, bce_loss, dice_loss, focal_loss, mask_loss, segmentation_loss
 
 LN2 = math.log(2)
 
@@ -102,3 +105,49 @@ def test_shapes_are_checked() -> None:
         bce_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="ignore"):
         dice_loss(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), torch.zeros(2, 4, 3, dtype=torch.bool))
+
+
+def _sample(instances):
+    mask = np.logical_or.reduce([m for _, m in instances]) if instances else np.zeros((8, 8), bool)
+    return Sample(np.zeros((8, 8, 3), np.uint8), "x", mask, instances[0][0] if instances else NO_BOX,
+                  "i", "r", "s", "test", instances=tuple(instances))
+
+
+def _square(x1, y1, x2, y2):
+    mask = np.zeros((8, 8), bool)
+    mask[y1:y2, x1:x2] = True
+    return (float(x1), float(y1), float(x2), float(y2)), mask
+
+
+def test_segmentation_loss_takes_the_given_targets_and_defaults_to_the_sample_masks() -> None:
+    left, right = _square(0, 0, 3, 3), _square(5, 5, 8, 8)
+    samples = [_sample([left, right]), _sample([left])]
+    logits = torch.full((2, 2, 2), -5.0)
+    logits[0, 0, 0] = 5.0  # the top-left quarter of the first row's 2x2 logits
+    default, _, ious = segmentation_loss(logits, samples, MaskLossWeights())
+    targets = [left[1], left[1]]
+    chosen, _, chosen_ious = segmentation_loss(logits, samples, MaskLossWeights(), targets)
+    assert chosen < default and chosen_ious[0] > ious[0] and chosen_ious[1] == ious[1]
+    with pytest.raises(ValueError):
+        segmentation_loss(logits, samples, MaskLossWeights(), targets[:1])
+    # a row without target takes no part; with none at all the loss is a zero that still back-propagates
+    logits.requires_grad_(True)
+    one, parts, one_ious = segmentation_loss(logits, samples, MaskLossWeights(), [None, left[1]])
+    alone, alone_parts, _ = segmentation_loss(logits[1:], samples[1:], MaskLossWeights(), [left[1]])
+    assert torch.equal(one, alone) and parts == alone_parts and one_ious == [chosen_ious[1]]
+    nothing, parts, ious = segmentation_loss(logits, samples, MaskLossWeights(), [None, None])
+    nothing.backward()
+    assert nothing.item() == 0.0 and parts == {} and ious == [] and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_the_lens_mask_learns_the_first_or_the_answered_instance() -> None:
+    left, right = _square(0, 0, 3, 3), _square(5, 5, 8, 8)
+    two, one, none = _sample([left, right]), _sample([right]), _sample([])
+    assert first_instance_mask(one) is one.mask  # a single object's target is its mask, as always
+    np.testing.assert_array_equal(first_instance_mask(two), left[1])
+    assert first_instance_mask(none) is None
+    boxes = [left[0], right[0]]
+    np.testing.assert_array_equal(answered_instance_mask(two, (5, 4, 8, 8), boxes), right[1])
+    np.testing.assert_array_equal(answered_instance_mask(two, None, boxes), left[1])
+    assert answered_instance_mask(one, (0, 0, 1, 1), [right[0]]) is one.mask
+    assert answered_instance_mask(none, (0, 0, 3, 3), []) is None

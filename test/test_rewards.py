@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lens_model.answer_parser import map_box, parse_answer
-from training.grpo.rewards import box_iou_reward, format_reward, mask_iou_reward, reward_components, unified_reward
+from training.grpo.rewards import (
+    box_iou_reward,
+    box_reward,
+    format_reward,
+    instances_box_reward,
+    mask_iou_reward,
+    reward_components,
+    unified_reward,
+)
 from training.iou import box_iou, mask_iou
 
 REASONING_OK = '<think>the cup is left</think><answer>[{"bbox_2d": [0, 0, 10, 10], "label": "cup"}]</answer>'
@@ -170,7 +178,7 @@ PRED_MASK = np.pad(np.ones((2, 1), dtype=bool), ((1, 1), (1, 2)))  # half of it
 )
 def test_reward_components_on_malformed_completions(text, expected_format, expected_box):
     components = reward_components(
-        parse_answer(text), template="reasoning", gt_box=GT_BOX, pred_mask=PRED_MASK, gt_mask=GT_MASK
+        parse_answer(text), template="reasoning", gt_boxes=[GT_BOX], pred_mask=PRED_MASK, gt_mask=GT_MASK
     )
     assert components == {"format": expected_format, "box": pytest.approx(expected_box), "mask": 0.5}
 
@@ -178,7 +186,7 @@ def test_reward_components_on_malformed_completions(text, expected_format, expec
 def test_reward_components_squared():
     parsed = parse_answer('<think>a</think><answer>[{"bbox_2d": [5, 5, 15, 15]}]</answer>')
     components = reward_components(
-        parsed, template="reasoning", gt_box=GT_BOX, pred_mask=PRED_MASK, gt_mask=GT_MASK, squared=True
+        parsed, template="reasoning", gt_boxes=[GT_BOX], pred_mask=PRED_MASK, gt_mask=GT_MASK, squared=True
     )
     assert components == {"format": 1.0, "box": pytest.approx((25 / 175) ** 2), "mask": 0.25}
 
@@ -187,8 +195,66 @@ def test_huge_completion_is_scored_quickly_and_safely():
     text = "<think>" + "very long reasoning " * 100_000 + "</think><answer>[0, 0, 10, 10]</answer>"
     start = time.perf_counter()
     components = reward_components(
-        parse_answer(text), template="reasoning", gt_box=GT_BOX, pred_mask=GT_MASK, gt_mask=GT_MASK
+        parse_answer(text), template="reasoning", gt_boxes=[GT_BOX], pred_mask=GT_MASK, gt_mask=GT_MASK
     )
     assert time.perf_counter() - start < 2.0
     # The parser only reads the first MAX_PARSE_CHARS characters, so the cut-off answer holds no box.
     assert components == {"format": 0.0, "box": 0.0, "mask": 1.0}
+
+
+def _answer(*boxes) -> str:
+    objects = ", ".join(f'{{"bbox_2d": {list(box)}, "label": "x"}}' for box in boxes)
+    return f"<think>a</think><answer>[{objects}]</answer>"
+
+
+A, B, C = (0, 0, 10, 10), (20, 0, 30, 10), (40, 0, 50, 20)
+
+
+@pytest.mark.parametrize("text", [_answer((5, 5, 15, 15)), _answer(A), _answer((12, 12, 12, 30)), DIRECT_OK,
+                                  "the box is (0, 0, 10, 10)", "<answer>[0, 0, 10, 10]</answer>", "", "<think>x</think>"])
+@pytest.mark.parametrize("squared", [False, True])
+def test_one_box_against_one_target_is_rewarded_as_before(text, squared):
+    """The box reward of a one-box answer on a one-object sample is the IoU (squared) of the two boxes."""
+    parsed = parse_answer(text)
+    assert box_reward(parsed, [GT_BOX], squared) == box_iou_reward(parsed.box, GT_BOX, squared)
+
+
+@pytest.mark.parametrize(
+    "pred, gt, expected",
+    [
+        ([A, B], [A, B, C], 2 / 3),  # one object missed
+        ([A, B, C], [A, B], 2 / 3),  # one extra box
+        ([B, A], [A, B], 1.0),  # the order does not matter
+        ([A, A], [A], 1 / 2),  # one object boxed twice counts once
+        ([(0, 0, 10, 20), B], [A, B], (1 / 2 + 1) / 2),
+        ([(5, 0, 25, 10)], [A, B], (50 / 250) / 2),  # one box between two objects matches one of them
+        ([], [A], 0.0),
+        ([A], [], 0.0),
+    ],
+)
+def test_instances_box_reward_matches_one_to_one_and_penalises_wrong_counts(pred, gt, expected):
+    assert instances_box_reward(pred, gt) == pytest.approx(expected)
+    assert instances_box_reward(pred, gt, squared=True) <= instances_box_reward(pred, gt) + 1e-12
+
+
+@pytest.mark.parametrize(
+    "text, gt_boxes, expected",
+    [
+        ("<think>nothing</think><answer>[]</answer>", [], 1.0),  # [] when nothing matches
+        ("```json\n[]\n```", [], 1.0),
+        (_answer(A), [], 0.0),  # any box when nothing matches
+        ("<think>nothing</think><answer>[]</answer>", [A], 0.0),  # [] when something does
+        ("<think>no answer at all</think>", [], 0.0),  # no usable answer is not "nothing matches"
+        (_answer(A, B), [A, B], 1.0),
+        (_answer(A, B), [A], 0.5),
+    ],
+)
+def test_box_reward_with_several_objects_or_none(text, gt_boxes, expected):
+    assert box_reward(parse_answer(text), gt_boxes) == pytest.approx(expected)
+
+
+def test_reward_components_of_a_correct_no_target_answer():
+    empty = np.zeros((4, 4), dtype=bool)
+    components = reward_components(parse_answer("<think>none</think><answer>[]</answer>"), template="reasoning",
+                                   gt_boxes=[], pred_mask=empty, gt_mask=empty)
+    assert components == {"format": 1.0, "box": 1.0, "mask": 1.0}

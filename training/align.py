@@ -6,7 +6,8 @@
 The reasoner and SAM 2 are frozen (``trainable`` selects what learns, by parameter-name prefix).
 Each sample is teacher-forced: prompt + the ground-truth answer written in the exact format the model
 produces at inference (JSON box in the reasoner's frame, or think/answer with the sample's reasoning)
-+ the M queries; the loss is BCE + Dice of SAM 2's mask at the original resolution. Frozen encoder
++ the M queries; the loss is BCE + Dice of SAM 2's mask at the original resolution, against the
+answer's first object, no-target samples left out (``training.instance_targets``). Frozen encoder
 outputs (SAM 2 image features, reasoner vision features) are cached per image. The loop itself
 (checkpoints, resume, logging, evaluation, export) is ``training.loop.train_stage``.
 """
@@ -19,6 +20,7 @@ from functools import partial
 from training.batches import BatchEncoder
 from training.common.config import parse_cli, stage_main
 from training.common.engine import Engine
+from training.instance_targets import first_instance_mask
 from training.loop import meets_minimum, train_stage, trainable_parameters
 from training.losses import MaskLossWeights, segmentation_loss
 from training.stage_config import StageConfig
@@ -38,9 +40,9 @@ def align_loss(engine: Engine, encoder: BatchEncoder, samples, weights: MaskLoss
     batch = encoder.encode(samples, template)
     answers = encoder.model.encode_completions(batch.teacher_answers(template))
     out = engine(batch.inputs, answers, batch.sam_features)
-    loss, parts, ious = segmentation_loss(out.mask_logits, samples, weights)
+    loss, parts, ious = segmentation_loss(out.mask_logits, samples, weights, [first_instance_mask(s) for s in samples])
     metrics = {"loss": float(loss.detach()), **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
-               "train_iou": sum(ious) / len(ious)}
+               **({"train_iou": sum(ious) / len(ious)} if ious else {})}  # no-target rows are not scored
     return loss, metrics
 
 

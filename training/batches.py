@@ -17,6 +17,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from lens_model import sam_head
 from lens_model.answer_format import format_answer, to_reasoner_frame
 from lens_model.modeling import LensModel, ReasonerInputs
+from lens_model.result import Box
 from training.common.sampler import ResumableSampler
 from training.data.registry import load_dataset
 from training.data.sample import Sample
@@ -79,12 +80,19 @@ class ReasonerBatch:
     sam_features: sam_head.SamImageFeatures | None  # None when the stage asked for none (SFT)
 
     def gt_boxes_in_reasoner_frame(self) -> list[tuple[float, float, float, float]]:
+        """Each sample's ``box`` (its first instance's) in the reasoner's frame."""
         return [to_reasoner_frame(s.box, (s.width, s.height), size) for s, size in zip(self.samples, self.resized_sizes)]
 
+    def instance_boxes_in_reasoner_frame(self) -> list[list[Box]]:
+        """Every instance's box of each sample, in the reasoner's frame ([] for a no-target sample)."""
+        return [[to_reasoner_frame(box, (s.width, s.height), size) for box in s.boxes]
+                for s, size in zip(self.samples, self.resized_sizes)]
+
     def teacher_answers(self, template: str) -> list[str]:
-        """Ground-truth completions in the exact format the model generates at inference."""
-        return [format_answer([(box, s.text)], template, s.reasoning or "")
-                for s, box in zip(self.samples, self.gt_boxes_in_reasoner_frame())]
+        """Ground-truth completions in the exact format the model generates at inference: one object
+        per instance, labelled with the expression, ``[]`` for a no-target sample."""
+        return [format_answer([(box, s.text) for box in boxes], template, s.reasoning or "")
+                for s, boxes in zip(self.samples, self.instance_boxes_in_reasoner_frame())]
 
 
 class BatchEncoder:

@@ -7,6 +7,7 @@ and the evaluation metrics.
 - ``histogram_intersection_union`` counts as the authors' evaluation did (``--protocol paper``,
   ``training.protocol``): ground-truth values other than 0, 1 and 255 are neither target nor ignored.
 - A box is (x1, y1, x2, y2); a missing, non-finite or degenerate box has IoU 0, never a division by zero.
+- ``match_boxes`` pairs predicted and ground-truth boxes one to one, greedily by IoU.
 """
 
 from __future__ import annotations
@@ -104,3 +105,21 @@ def _valid_box(box: Sequence[float] | None) -> tuple[float, float, float, float]
 
 def _area(box: tuple[float, float, float, float]) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def match_boxes(pred: Sequence[Sequence[float]], gt: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
+    """One-to-one (pred index, gt index, IoU) pairs, greedily: the pair of highest IoU first, then the
+    best among the boxes left (ties: lower indices first); pairs of IoU 0 are left unmatched. Greedy
+    is optimal whenever every box overlaps at most one box of the other side, as separate objects'
+    boxes do; scipy's Hungarian solver would be the exact choice, but it is not a dependency."""
+    pairs = sorted(((box_iou(p, g), i, j) for i, p in enumerate(pred) for j, g in enumerate(gt)),
+                   key=lambda pair: (-pair[0], pair[1], pair[2]))
+    used_pred: set[int] = set()
+    used_gt: set[int] = set()
+    matches = []
+    for iou, i, j in pairs:
+        if iou > 0 and i not in used_pred and j not in used_gt:
+            used_pred.add(i)
+            used_gt.add(j)
+            matches.append((i, j, iou))
+    return matches

@@ -9,8 +9,10 @@ which is what the LENS stage-1 loss does. Half-precision logits are computed in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,21 +112,29 @@ def mask_loss(
     return components
 
 
-def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample],
-                      weights: MaskLossWeights) -> tuple[torch.Tensor, dict[str, float], list[float]]:
+def segmentation_loss(low_res_logits: torch.Tensor, samples: list[Sample], weights: MaskLossWeights,
+                      targets: Sequence[np.ndarray | None] | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float], list[float]]:
     """Mask loss of each row at its sample's original resolution (fp32), averaged over rows.
 
-    Returns the differentiable total, the mean of each component, and each row's mask IoU.
+    ``targets`` are the rows' target masks, by default ``sample.mask``; a row whose target is None
+    takes no part. Returns the differentiable total (zero, still attached to the logits, when no row
+    takes part), the mean of each component, and each scored row's mask IoU.
     """
     totals, sums, ious = [], {}, []
-    for logits, sample in zip(low_res_logits, samples):
+    targets = [s.mask for s in samples] if targets is None else targets
+    for logits, sample, gt in zip(low_res_logits, samples, targets, strict=True):
+        if gt is None:
+            continue
         full = sam_head.upsample_logits(logits[None], sample.height, sample.width)
-        target = torch.from_numpy(sample.mask).to(full.device)[None].float()
+        target = torch.from_numpy(gt).to(full.device)[None].float()
         ignore = None if sample.ignore is None else torch.from_numpy(sample.ignore).to(full.device)[None]
         parts = mask_loss(full, target, ignore, weights)
         totals.append(parts["total"])
         for name, value in parts.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
-        ious.append(mask_iou((full[0] > 0).cpu().numpy(), sample.mask, sample.ignore))
-    means = {name: value / len(samples) for name, value in sums.items()}
+        ious.append(mask_iou((full[0] > 0).cpu().numpy(), gt, sample.ignore))
+    if not totals:
+        return low_res_logits.sum() * 0.0, {}, []
+    means = {name: value / len(totals) for name, value in sums.items()}
     return torch.stack(totals).mean(), means, ious

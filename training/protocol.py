@@ -105,9 +105,11 @@ def paper_ground_truth(dataset: TargetDataset, target: int, sample: Sample) -> n
     if isinstance(dataset, ReasonSegDataset):
         return sample.mask.astype(np.uint8)  # "ignore" shapes are background
     annotation = dataset.targets[target].annotation
-    regions = annotation.regions if isinstance(dataset, ReferDataset) else annotation.rles
+    regions = [r for a in annotation for r in a.regions] if isinstance(dataset, ReferDataset) else annotation.rles
     height, width = sample.mask.shape
     masks = [mask for region in regions for mask in _single_masks(region, height, width)]
+    if not masks:  # a no-target ref
+        return np.zeros((height, width), dtype=np.uint8)
     return np.sum(masks, axis=0).astype(np.uint8)  # uint8 like theirs (np.sum(...).astype(np.uint8))
 
 

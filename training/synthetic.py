@@ -8,6 +8,13 @@ writes ``DIR/synthetic/``: ``images/*.png``, ``instances.json`` (COCO images, an
 exact polygon segmentations, ``bbox`` and an ``attributes`` dict, categories) and ``refs(unc).p``
 (a plain pickle of refs whose sentences also carry ``reasoning`` and ``expression_type``).
 Images are split 80/10/10 into train/val/test. The same arguments always give the same bytes.
+
+Besides the single-object expressions (one ref per object, ``EXPRESSION_TYPES``), an image gets a
+"multiple" expression ("all the circles": a ref whose ``ann_id`` lists every referent) with
+probability ``GROUP_SHARES["multiple"]`` when two objects share a phrase, and an "absent" one ("the
+purple star": ``ann_id`` ``[]``) with probability ``GROUP_SHARES["absent"]``. They come from a
+random stream of their own and their refs have ids of their own ("g0", "g1", ...), so the images,
+annotations and single-object refs are those the same seed gives without them.
 Load it with ``training.data.load_dataset("synthetic", DIR, split)``.
 
 With ``--videos N`` it writes ``DIR/synthetic_videos/`` instead: N videos of T frames in which the
@@ -32,7 +39,16 @@ import numpy as np
 from PIL import Image
 
 from lens_model.result import mask_to_box
-from training.data.synthetic_expressions import EXPRESSION_TYPES, Expression, choose_expressions, explain
+from training.data.synthetic_expressions import (
+    EXPRESSION_TYPES,
+    GROUP_TYPES,
+    Expression,
+    choose_expressions,
+    choose_group_expressions,
+    explain,
+    explain_group,
+    group_targets,
+)
 from training.data.synthetic_motion import MIN_FRAMES, sample_video
 from training.data.synthetic_scenes import DEFAULT_OBJECTS, SHAPES, Scene, SceneObject, sample_scene
 from training.data.videos import FOLDER as VIDEO_FOLDER
@@ -44,6 +60,11 @@ POSITION_MARGIN = 0.08  # fraction of the image side by which a target must clea
 MIN_SIZE = 64
 PICKLE_PROTOCOL = 4
 PNG_COMPRESSION = 1  # zlib level: fast, and the noisy backgrounds barely compress anyway
+ALL_TYPES = EXPRESSION_TYPES + GROUP_TYPES
+# Chance that an image gets one expression of the kind (when its scene allows one). With 1-6 shapes
+# per scene, each kind is about 6 % of the expressions (the rest name one object each).
+GROUP_SHARES = {"multiple": 0.5, "absent": 0.5}
+GROUP_STREAM = 1  # the group expressions' random stream: default_rng([seed, GROUP_STREAM])
 
 
 @dataclass(frozen=True)
@@ -97,20 +118,33 @@ def _sentences(expressions: Sequence[Expression], target: int, scene: Scene, fir
     ]
 
 
+def _group_sentence(expression: Expression, scene: Scene, sent_id: str) -> dict[str, Any]:
+    return {
+        "tokens": expression.text.split(),
+        "raw": expression.text,
+        "sent_id": sent_id,
+        "sent": expression.text,
+        "reasoning": explain_group(expression, scene.objects, scene.image.shape[1]),
+        "expression_type": expression.kind,
+    }
+
+
 def generate_dataset(
     out_dir: Path,
     *,
     num_images: int = 200,
     seed: int = 0,
     size: int = 224,
-    expression_types: Sequence[str] = EXPRESSION_TYPES,
+    expression_types: Sequence[str] = ALL_TYPES,
     objects: tuple[int, int] = DEFAULT_OBJECTS,
 ) -> GeneratedDataset:
-    unknown = set(expression_types) - set(EXPRESSION_TYPES)
+    unknown = set(expression_types) - set(ALL_TYPES)
     if unknown or not expression_types:
         raise ValueError(
-            f"expression types must be a non-empty subset of {EXPRESSION_TYPES}, got {list(expression_types)}"
+            f"expression types must be a non-empty subset of {ALL_TYPES}, got {list(expression_types)}"
         )
+    single_types = [kind for kind in EXPRESSION_TYPES if kind in expression_types]
+    group_rng = np.random.default_rng([seed, GROUP_STREAM])
     if num_images < 1 or size < MIN_SIZE:
         raise ValueError(f"need at least one image of at least {MIN_SIZE} px, got {num_images} of {size} px")
     rng = np.random.default_rng(seed)
@@ -121,22 +155,25 @@ def generate_dataset(
     annotations: list[dict[str, Any]] = []
     refs: list[dict[str, Any]] = []
     result = GeneratedDataset(folder, Counter(splits), Counter(), Counter())
+    single_refs = single_sentences = group_refs = 0
     for image_id, split in enumerate(splits, start=1):
         scene = sample_scene(rng, size, objects)
         file_name = f"{image_id:06d}.png"
         Image.fromarray(scene.image).save(folder / "images" / file_name, compress_level=PNG_COMPRESSION)
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
+        first_annotation = len(annotations) + 1
         for index, obj in enumerate(scene.objects):
             annotation = _annotation(len(annotations) + 1, image_id, obj)
             annotations.append(annotation)
             margin = POSITION_MARGIN * size
-            expressions = choose_expressions(rng, index, scene.objects, expression_types, MAX_SENTENCES_PER_REF, margin)
+            expressions = choose_expressions(rng, index, scene.objects, single_types, MAX_SENTENCES_PER_REF, margin)
             if not expressions:
                 continue
-            sentences = _sentences(expressions, index, scene, first_id=sum(result.sentences.values()))
+            sentences = _sentences(expressions, index, scene, first_id=single_sentences)
+            single_refs, single_sentences = single_refs + 1, single_sentences + len(sentences)
             refs.append(
                 {
-                    "ref_id": len(refs),
+                    "ref_id": single_refs - 1,
                     "ann_id": annotation["id"],
                     "image_id": image_id,
                     "split": split,
@@ -148,6 +185,16 @@ def generate_dataset(
             )
             result.refs[split] += 1
             result.sentences[split] += len(sentences)
+        for expression in choose_group_expressions(group_rng, scene.objects, expression_types, GROUP_SHARES):
+            ann_ids = [first_annotation + i for i in group_targets(expression, scene.objects, size)]
+            ref_id = f"g{group_refs}"
+            group_refs += 1
+            refs.append({"ref_id": ref_id, "ann_id": ann_ids, "image_id": image_id, "split": split,
+                         "category_id": annotations[ann_ids[0] - 1]["category_id"] if ann_ids else None,
+                         "file_name": file_name, "sent_ids": [ref_id],
+                         "sentences": [_group_sentence(expression, scene, ref_id)]})
+            result.refs[split] += 1
+            result.sentences[split] += 1
     _write_annotations(folder, images, annotations, refs)
     return result
 
@@ -187,10 +234,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--expression-types",
         nargs="+",
-        choices=EXPRESSION_TYPES,
-        default=list(EXPRESSION_TYPES),
+        choices=ALL_TYPES,
+        default=list(ALL_TYPES),
         metavar="TYPE",
-        help=f"expression kinds to generate, any of {', '.join(EXPRESSION_TYPES)} (default all)",
+        help=f"expression kinds to generate, any of {', '.join(ALL_TYPES)} (default all; "
+        f"{', '.join(EXPRESSION_TYPES)} alone give the single-object dataset of earlier versions)",
     )
     parser.add_argument(
         "--objects",

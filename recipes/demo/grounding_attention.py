@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +33,6 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 
 from lens_model.processor import token_at
 from lens_model.result import Box
-from training.data.sample import Sample
 
 # A point "(x, y)", optionally described just before it: "a large red circle at (30, 41)".
 POINT = re.compile(r"(?:\b(?:an?|the) (?P<words>(?:[a-z]+ ){1,3})at )?\((?P<x>\d+(?:\.\d+)?), (?P<y>\d+(?:\.\d+)?)\)")
@@ -133,21 +133,22 @@ def point_target(point: tuple[float, float], size: tuple[int, int], grid: tuple[
     return weights
 
 
-def box_target(sample: Sample, box: Box, size: tuple[int, int], grid: tuple[int, int], target: str) -> torch.Tensor:
-    """Weights for the answer box: its centre's token, or the sample's mask pooled over the tokens."""
-    if target == "mask" and sample.mask.any():
-        mask = torch.from_numpy(sample.mask.astype("float32"))[None, None]
+def box_target(mask: np.ndarray, box: Box, size: tuple[int, int], grid: tuple[int, int], target: str) -> torch.Tensor:
+    """Weights for an answer box: its centre's token, or its object's ``mask`` pooled over the tokens."""
+    if target == "mask" and mask.any():
+        mask = torch.from_numpy(mask.astype("float32"))[None, None]
         weights = F.adaptive_avg_pool2d(mask, grid).flatten()
         return weights / weights.sum()
     return point_target(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), size, grid)
 
 
-def completion_groundings(tokenizer, completion: str, sample: Sample, box: Box, size: tuple[int, int],
-                          grid: tuple[int, int], section: GroundingAttentionSection) -> list[GroundedTokens]:
-    """What the numbers of one teacher completion should look at: the answer box ``box`` (in the
-    reasoner frame of ``size``, as written in the completion) and, with ``reasoning_points``, every
-    "(x, y)" of the reasoning with the words that describe it. Numbers elsewhere (in labels, say) are
-    left alone."""
+def completion_groundings(tokenizer, completion: str, instances: Sequence[tuple[Box, np.ndarray]],
+                          size: tuple[int, int], grid: tuple[int, int],
+                          section: GroundingAttentionSection) -> list[GroundedTokens]:
+    """What the numbers of one teacher completion should look at: each answer box of ``instances``
+    ((box, mask) pairs in the answer's order, boxes in the reasoner frame of ``size``, as written in
+    the completion; none for the no-target answer) and, with ``reasoning_points``, every "(x, y)" of
+    the reasoning with the words that describe it. Numbers elsewhere (in labels, say) are left alone."""
     offsets = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
 
     def tokens_in(start: int, end: int, numbers_only: bool = True) -> list[int]:
@@ -155,11 +156,14 @@ def completion_groundings(tokenizer, completion: str, sample: Sample, box: Box, 
                 and (not numbers_only or any(ch.isdigit() for ch in completion[lo:hi]))]
 
     think_end = completion.rfind("</think>")
-    coords = json.dumps([int(round(v)) for v in box])
-    start = completion.find(coords, think_end + 1)
-    if start < 0:
-        raise ValueError(f"the completion does not contain its box {coords}")
-    groundings = [GroundedTokens(tokens_in(start, start + len(coords)), box_target(sample, box, size, grid, section.target))]
+    groundings, end = [], think_end + 1
+    for box, mask in instances:
+        coords = json.dumps([int(round(v)) for v in box])
+        start = completion.find(coords, end)
+        if start < 0:
+            raise ValueError(f"the completion does not contain its box {coords}")
+        end = start + len(coords)
+        groundings.append(GroundedTokens(tokens_in(start, end), box_target(mask, box, size, grid, section.target)))
     if section.reasoning_points and think_end >= 0:
         for match in POINT.finditer(completion, 0, think_end):
             point = (float(match.group("x")), float(match.group("y")))
@@ -215,9 +219,11 @@ class AttentionGrounding:
 
     def __call__(self, model, batch, answers: list[str], observed: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         grids = [model.processor.token_grid(g) for g in batch.inputs.grid_thw]
-        groundings = [completion_groundings(model.processor.tokenizer, answer, sample, box, size, grid, self.section)
-                      for answer, sample, box, size, grid in zip(answers, batch.samples, batch.gt_boxes_in_reasoner_frame(),
-                                                                   batch.resized_sizes, grids)]
+        groundings = [completion_groundings(model.processor.tokenizer, answer,
+                                            [(box, mask) for box, (_, mask) in zip(boxes, sample.instances)],
+                                            size, grid, self.section)
+                      for answer, sample, boxes, size, grid in zip(answers, batch.samples, batch.instance_boxes_in_reasoner_frame(),
+                                                                     batch.resized_sizes, grids)]
         term = grounding_attention_loss(observed, batch.inputs.prompts.input_ids, model.processor.image_token_id,
                                         grids, groundings)
         return term, {"grounding_attention": float(term.detach())}

@@ -104,8 +104,9 @@ def tokenizer_corpus(dataset: TargetDataset, instruction: str = "") -> Iterator[
             continue
         for query in target.queries:
             yield query.text
-            yield format_answer([(sample.box, query.text)], "reasoning", query.reasoning or "")
-            yield format_answer([(sample.box, query.text)], "direct")
+            objects = [(box, query.text) for box in sample.boxes]
+            yield format_answer(objects, "reasoning", query.reasoning or "")
+            yield format_answer(objects, "direct")
 
 
 def sam2_overrides(arch: DemoArchitecture) -> list[str]:

@@ -87,7 +87,8 @@ def box_prompt_eval(model: LensModel, cfg: StageConfig, batch_size: int = 16) ->
     """Mask gIoU/cIoU with exact ground-truth box prompts on ``data.eval_limit`` targets of the eval split."""
     # A private RNG picks each target's expression, so evaluating leaves the training RNG alone.
     dataset = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.eval_split, per="ref", rng=random.Random(0))
-    indices = range(distributed.rank(), min(cfg.data.eval_limit, len(dataset)), distributed.world_size())
+    single = [i for i, target in enumerate(dataset.targets) if target.referents == 1]  # a box prompt is one object
+    indices = single[distributed.rank():cfg.data.eval_limit:distributed.world_size()]
     samples = [s for s in (dataset[i] for i in indices) if s is not None]
     model.eval()
     meter = SegmentationMeter()

@@ -21,7 +21,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 
 from lens_model.result import Box
-from training.data.sample import Sample
+from training.data.sample import InstanceTarget, Sample
 from training.data.skips import BrokenEntry, SkipCounter
 
 Per = Literal["sentence", "ref"]
@@ -40,7 +40,8 @@ class Query:
 
 @dataclass(frozen=True)
 class Target(Generic[Annotation]):
-    """One annotated object; ``annotation`` is whatever the dataset's ``decode`` needs."""
+    """One annotated target (an object, or several, or none); ``annotation`` is whatever the
+    dataset's ``decode`` needs; ``referents`` is how many objects the expressions name."""
 
     image_path: Path
     image_id: str
@@ -48,6 +49,7 @@ class Target(Generic[Annotation]):
     queries: tuple[Query, ...]
     annotation: Annotation
     meta: Mapping[str, Any] = field(default_factory=dict)
+    referents: int = 1
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Decoded:
     mask: np.ndarray
     box: Box
     ignore: np.ndarray | None = None
-    instances: tuple[tuple[Box, np.ndarray], ...] = ()  # Sample.instances
+    instances: tuple[InstanceTarget, ...] | None = None  # None: one referent, (box, mask)
 
 
 class TargetDataset(abc.ABC, Generic[Annotation]):
@@ -125,7 +127,7 @@ class TargetDataset(abc.ABC, Generic[Annotation]):
             ignore=None if decoded.ignore is None else decoded.ignore.copy(),
             reasoning=query.reasoning,
             meta={**target.meta, **query.meta},
-            instances=tuple((box, mask.copy()) for box, mask in decoded.instances),
+            instances=None if decoded.instances is None else tuple((box, m.copy()) for box, m in decoded.instances),
         )
 
     def __iter__(self) -> Iterator[Sample]:

@@ -4,13 +4,14 @@
 format. ``write_reasonseg`` and ``write_groundingsuite`` reproduce those benchmarks' layouts, which
 the tests and benchmarks use to exercise the loaders on generated data. ReasonSeg stores polygons,
 so masks are traced with their outer contours (holes are lost); the other two formats are exact.
+All three hold one object per expression, so samples of several objects or none are left out.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,16 +27,22 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
+def single_object(samples: Iterable[Sample]) -> Iterator[Sample]:
+    """The samples with exactly one referent (what these formats can hold)."""
+    return (sample for sample in samples if len(sample.instances) == 1)
+
+
 def write_jsonl(samples: Iterable[Sample], path: Path, *, mask_format: Literal["rle", "png"] = "rle") -> int:
     """One line per sample; images (PNG) go to ``images/`` and PNG masks to ``masks/`` next to the
-    file; the scalar entries of ``meta`` are kept. Returns the number of lines written."""
+    file; the scalar entries of ``meta`` are kept. Returns the number of lines written (samples of
+    one object)."""
     path = Path(path)
     folder = path.parent
     (folder / "images").mkdir(parents=True, exist_ok=True)
     written_images: set[str] = set()
     count = 0
     with open(path, "w", encoding="utf-8") as handle:
-        for sample in samples:
+        for sample in single_object(samples):
             image = f"images/{safe_name(sample.source)}_{safe_name(sample.image_id)}.png"
             if image not in written_images:
                 Image.fromarray(sample.image).save(folder / image)
@@ -75,7 +82,7 @@ def write_reasonseg(samples: Iterable[Sample], folder: Path) -> int:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[Sample]] = {}
-    for sample in samples:
+    for sample in single_object(samples):
         groups.setdefault(sample.ref_id, []).append(sample)
     for ref_id, group in groups.items():
         first = group[0]
@@ -111,7 +118,7 @@ def write_groundingsuite(samples: Iterable[Sample], jsonl_path: Path, image_root
     written_images: set[str] = set()
     count = 0
     with open(jsonl_path, "w", encoding="utf-8") as handle:
-        for idx, sample in enumerate(samples):
+        for idx, sample in enumerate(single_object(samples)):
             name = f"{safe_name(sample.source)}_{safe_name(sample.image_id)}.jpg"
             if name not in written_images:
                 Image.fromarray(sample.image).save(image_root / name, quality=95)

@@ -8,7 +8,7 @@ Each ref has ``ann_id`` as a list of annotation ids: several for a multi-target 
 present, must agree with its ids. Crowd annotations are left out, as ReLA's loader leaves them out.
 
 One sample per sentence (or per ref): ``mask`` is the union of the instances' masks, ``instances`` the
-(box, mask) of each in the ref's order, ``box`` the box around all of theirs. A no-target sample has an
+(box, mask) of each in the ref's order, ``box`` the first one's (as for every dataset). A no-target sample has an
 empty mask, no instances, the box (0, 0, 0, 0) and ``meta["no_target"]`` True.
 
 Same rules as the refer loader: a file that cannot be parsed at all is a one-line ``ValueError``; a
@@ -35,11 +35,11 @@ from training.data.masks import checked_mask, parse_coco_segmentation, union_mas
 from training.data.refer import (
     Key, ReferAnnotation, by_id, image_file, image_file_name, is_key, ref_queries, refs_of_split)
 from training.data.safe_pickle import load_plain_pickle
+from training.data.sample import NO_BOX
 from training.data.skips import BrokenEntry, SkipCounter
 
 MAX_TARGETS = MAX_INSTANCES  # the most boxes the model answers with: a ref naming more could never be matched
 NO_TARGET_IDS = (-1,)  # gRefCOCO's ann_id of a no-target ref
-NO_BOX: Box = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class GReferDataset(TargetDataset[GReferAnnotation]):
         mask = np.zeros((height, width), dtype=bool)
         for _, instance_mask in instances:
             mask |= instance_mask
-        return Decoded(image=image, mask=mask, box=_enclosing_box([box for box, _ in instances]),
+        return Decoded(image=image, mask=mask, box=instances[0][0] if instances else NO_BOX,
                        instances=instances)
 
 
@@ -148,7 +148,3 @@ def _target_ids(value: Any) -> list[Key]:
     return ids
 
 
-def _enclosing_box(boxes: list[Box]) -> Box:
-    if not boxes:
-        return NO_BOX
-    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))

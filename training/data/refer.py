@@ -3,7 +3,9 @@
 A dataset folder holds ``refs(<split_by>).p`` (a pickled list of refs, each with a split, an
 ``ann_id`` and its sentences) and ``instances.json`` (COCO images, annotations, categories).
 Each referring sentence is one sample; the target is the COCO annotation's polygons or RLE,
-OR-ed and binarised, and its ``bbox`` converted to x1, y1, x2, y2.
+OR-ed and binarised, and its ``bbox`` converted to x1, y1, x2, y2. A ref's ``ann_id`` may also be a
+list of ids (as in gRefCOCO): each is one instance of the sample, and the empty list is a no-target
+ref; at most ``MAX_INSTANCES`` ids.
 
 Either file that cannot be parsed at all (a corrupt pickle, invalid JSON, JSON nested too deeply,
 ``images`` or ``annotations`` that are not lists) is a ``ValueError`` with a one-line message; a
@@ -17,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lens_model.answer_parser import MAX_INSTANCES
 from lens_model.result import Box
 from training.data.dataset import Decoded, Per, Query, Target, TargetDataset
 from training.data.fields import brief, entry_id
 from training.data.images import read_rgb
 from training.data.lines import read_json_object
 from training.data.masks import Region, checked_mask, parse_coco_segmentation, union_mask, xywh_to_xyxy
+from training.data.sample import NO_BOX
 from training.data.paths import contained_file
 from training.data.safe_pickle import load_plain_pickle
 from training.data.skips import BrokenEntry, SkipCounter
@@ -37,7 +43,10 @@ class ReferAnnotation:
     box: Box
 
 
-class ReferDataset(TargetDataset[ReferAnnotation]):
+ReferTarget = tuple[ReferAnnotation, ...]  # a ref's annotations: one, several, or none
+
+
+class ReferDataset(TargetDataset[ReferTarget]):
     """One split (``train``, ``val``, ``testA``, ``testB``, ``test``; matched exactly) of a refer-layout folder.
 
     Images are ``image_dir / file_name`` with ``file_name`` from instances.json, falling back to
@@ -73,11 +82,16 @@ class ReferDataset(TargetDataset[ReferAnnotation]):
                 skips.skip_error(error, f"ref {brief(ref.get('ref_id'))}")
         super().__init__(targets, source=source, per=per, skips=skips, rng=rng)
 
-    def decode(self, target: Target[ReferAnnotation]) -> Decoded:
+    def decode(self, target: Target[ReferTarget]) -> Decoded:
         image = read_rgb(target.image_path)
         height, width = image.shape[:2]
-        mask = checked_mask(union_mask(target.annotation.regions, height, width), height, width)
-        return Decoded(image=image, mask=mask, box=target.annotation.box)
+        masks = [checked_mask(union_mask(a.regions, height, width), height, width) for a in target.annotation]
+        if len(masks) == 1:  # a plain ref, exactly as before multi-object refs
+            return Decoded(image=image, mask=masks[0], box=target.annotation[0].box)
+        union = np.logical_or.reduce(masks) if masks else np.zeros((height, width), dtype=bool)
+        box = target.annotation[0].box if masks else NO_BOX
+        return Decoded(image=image, mask=union, box=box,
+                       instances=tuple((a.box, m) for a, m in zip(target.annotation, masks)))
 
 
 def refs_of_split(refs: Any, path: Path, split: str) -> list[dict[str, Any]]:
@@ -108,22 +122,27 @@ def _target(
     annotations: dict[Key, dict[str, Any]],
     image_dir: Path,
     image_files: dict[str, Path | BrokenEntry],
-) -> Target[ReferAnnotation]:
+) -> Target[ReferTarget]:
     try:
         ref_id, ann_id, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
     except KeyError as error:
         raise BrokenEntry("malformed ref", f"no {error}") from error
-    if not (is_key(ann_id) and is_key(image_id) and isinstance(sentences, (list, tuple))):
-        raise BrokenEntry("malformed ref", "ann_id and image_id must be ids, sentences a list")
+    ann_ids = ann_id if isinstance(ann_id, list) else [ann_id]
+    if not (all(is_key(a) for a in ann_ids) and is_key(image_id) and isinstance(sentences, (list, tuple))):
+        raise BrokenEntry("malformed ref", "ann_id must be an id or a list of ids, image_id an id, sentences a list")
+    if len(ann_ids) > MAX_INSTANCES:
+        raise BrokenEntry("malformed ref", f"{len(ann_ids)} ann_ids, at most {MAX_INSTANCES}")
     ref_text, image_text = entry_id(ref_id, "ref_id"), entry_id(image_id, "image_id")
-    ann = annotations.get(ann_id)
-    if ann is None:
-        raise BrokenEntry("missing annotation", f"ann_id {brief(ann_id)}")
+    missing = [a for a in ann_ids if a not in annotations]
+    if missing:
+        raise BrokenEntry("missing annotation", f"ann_id {brief(missing[0])}")
     queries = ref_queries(sentences, ref_text)
     path = image_file(image_dir, image_file_name(images.get(image_id, {}), image_id), image_files)
-    annotation = ReferAnnotation(parse_coco_segmentation(ann.get("segmentation")), xywh_to_xyxy(ann.get("bbox")))
-    meta = {"split": ref["split"], "ann_id": ann_id, "category_id": ann.get("category_id")}
-    return Target(path, image_text, ref_text, queries, annotation, meta)
+    anns = [annotations[a] for a in ann_ids]
+    annotation = tuple(ReferAnnotation(parse_coco_segmentation(a.get("segmentation")), xywh_to_xyxy(a.get("bbox")))
+                       for a in anns)
+    meta = {"split": ref["split"], "ann_id": ann_id, "category_id": anns[0].get("category_id") if anns else None}
+    return Target(path, image_text, ref_text, queries, annotation, meta, referents=len(anns))
 
 
 def image_file(image_dir: Path, name: str, image_files: dict[str, Path | BrokenEntry]) -> Path:

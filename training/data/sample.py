@@ -10,6 +10,9 @@ import numpy as np
 
 from lens_model.result import Box
 
+InstanceTarget = tuple[Box, np.ndarray]  # one referent: its box and its bool H x W mask
+NO_BOX: Box = (0.0, 0.0, 0.0, 0.0)  # the ``box`` of a no-target sample (it has none)
+
 
 @dataclass
 class Sample:
@@ -24,10 +27,10 @@ class Sample:
     synthetic generator writes one). ``meta`` carries dataset-specific extras such as the split,
     ReasonSeg's ``is_sentence`` or the synthetic ``expression_type``.
 
-    ``instances`` are the (box, mask) of each object the expression names, for datasets that say
-    (gRefCOCO): ``mask`` is then their union. An expression that names nothing (gRefCOCO's no-target
-    expressions) has an empty ``mask``, ``instances=()`` and ``meta["no_target"]`` True. Single-target
-    datasets leave ``instances`` empty: their one target is ``mask`` and ``box``.
+    ``instances`` are the referents, each (box, mask), in the order an answer lists them; ``mask`` is
+    their union and ``box`` the first one's. Left out, there is one referent, (``box``, ``mask``). A
+    no-target sample (the expression names nothing in the image) has no instances, an all-False
+    ``mask`` and ``box`` ``NO_BOX``.
     """
 
     image: np.ndarray
@@ -41,7 +44,7 @@ class Sample:
     ignore: np.ndarray | None = None
     reasoning: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
-    instances: tuple[tuple[Box, np.ndarray], ...] = ()
+    instances: tuple[InstanceTarget, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
@@ -57,10 +60,23 @@ class Sample:
         if len(self.box) != 4:
             raise ValueError(f"box must be (x1, y1, x2, y2), got {self.box}")
         self.box = tuple(float(v) for v in self.box)  # type: ignore[assignment]
+        if self.instances is None:
+            self.instances = ((self.box, self.mask),)
+        self.instances = tuple((tuple(float(v) for v in box), mask) for box, mask in self.instances)
         for box, mask in self.instances:
             if len(box) != 4 or mask.dtype != np.bool_ or mask.shape != self.image.shape[:2]:
-                raise ValueError(f"an instance must be a box (x1, y1, x2, y2) and a bool mask of shape "
-                                 f"{self.image.shape[:2]}, got {box} and {mask.shape} {mask.dtype}")
+                raise ValueError(f"an instance must be a box (x1, y1, x2, y2) and a bool mask of shape {self.image.shape[:2]}")
+        if not self.instances and (self.mask.any() or self.box != NO_BOX):
+            raise ValueError("a sample without instances must have an empty mask and the box NO_BOX")
+
+    @property
+    def no_target(self) -> bool:
+        """The expression names nothing in the image."""
+        return not self.instances
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [box for box, _ in self.instances]
 
     @property
     def height(self) -> int:

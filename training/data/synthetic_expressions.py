@@ -1,4 +1,5 @@
-"""Referring expressions for synthetic scenes that are checked to pick out exactly one object.
+"""Referring expressions for synthetic scenes that are checked to pick out exactly one object, and
+group expressions that name every object of a kind ("all the red circles") or one that is absent.
 
 An expression is a noun phrase ("the large blue circle"), optionally with a position ("the leftmost
 circle", "the top right square") or a relation to a uniquely named anchor ("the red square left of
@@ -7,6 +8,10 @@ object counts as a possible referent unless it is clearly ruled out, so an expre
 emitted when a reader could not hesitate between two objects. ``explain`` writes the matching
 templated reasoning: every shape of the scene in reading order with its centre, then the candidates
 compared and why the target wins.
+
+``choose_group_expressions`` adds the two kinds of ``GROUP_TYPES``: "multiple" names the two or more
+objects that match a phrase ("all the circles", "the two red shapes"), "absent" a phrase that
+matches no object ("the purple star"); ``explain_group`` writes their reasoning.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from training.data.synthetic_scenes import SceneObject
+from training.data.synthetic_scenes import COLORS, SHAPES, SIZES, SceneObject
 
-EXPRESSION_TYPES = ("shape", "color", "size", "position", "relation")
+EXPRESSION_TYPES = ("shape", "color", "size", "position", "relation")  # one referent each
+GROUP_TYPES = ("multiple", "absent")  # several referents, none
 Axis = tuple[str, int]  # ("x" or "y", -1 for smaller-is-better / left-or-above, +1 for larger)
 POSITIONS: dict[str, tuple[Axis, ...]] = {
     "leftmost": (("x", -1),),
@@ -82,9 +88,12 @@ class Expression:
     position: str | None = None
     relation: str | None = None
     anchor: Phrase | None = None
+    count: int | None = None  # "multiple": the number word said ("the two ..."); None says "all the ..."
 
     @property
     def text(self) -> str:
+        if self.kind == "multiple":
+            return f"all the {self.phrase.plural}" if self.count is None else f"the {NUMBER_WORDS[self.count]} {self.phrase.plural}"
         if self.position is not None:
             return f"the {self.position} {self.phrase.text}"
         if self.relation is not None and self.anchor is not None:
@@ -223,8 +232,12 @@ READING_ROWS = 4  # the scene is read in this many horizontal bands, top to bott
 def reading_order(objects: Sequence[SceneObject], image_size: int) -> list[SceneObject]:
     """Top band first, left to right within a band: a fixed order a reader (or a model scanning its
     image tokens in raster order) can reproduce, unlike the order the shapes were placed in."""
+    return sorted(objects, key=lambda obj: _reading_key(obj, image_size))
+
+
+def _reading_key(obj: SceneObject, image_size: int) -> tuple[int, float]:
     band = image_size / READING_ROWS
-    return sorted(objects, key=lambda obj: (min(int(obj.center[1] // band), READING_ROWS - 1), obj.center[0]))
+    return min(int(obj.center[1] // band), READING_ROWS - 1), obj.center[0]
 
 
 def _series(items: Sequence[str]) -> str:
@@ -269,11 +282,10 @@ def explain(expression: Expression, target: int, objects: Sequence[SceneObject],
     seen), then the candidates compared and why the target is the one meant."""
     obj = objects[target]
     chosen = f"the {describe(obj)} at {location(obj)}"
-    opening = f"{scene_listing(objects, image_size)} The query asks for {expression.text}."
+    opening = _opening(expression, objects, image_size)
 
     def candidates(group: Sequence[SceneObject], phrase: Phrase, suffix: str = "") -> str:
-        points = _series([location(o) for o in reading_order(group, image_size)])
-        return f"{_there_are(len(group), phrase, suffix)}, at {points}"
+        return _candidates(group, phrase, image_size, suffix)
 
     if expression.position is not None:
         group = [objects[i] for i in matching(expression.phrase, objects)]
@@ -300,3 +312,61 @@ def explain(expression: Expression, target: int, objects: Sequence[SceneObject],
     group = [objects[i] for i in matching(base, objects)]
     quality = f"a {obj.shape}" if attribute == "shape" else getattr(obj, attribute)
     return f"{opening} {candidates(group, base)}; only {chosen} is {quality}, so it is the target."
+
+
+def _opening(expression: Expression, objects: Sequence[SceneObject], image_size: int) -> str:
+    return f"{scene_listing(objects, image_size)} The query asks for {expression.text}."
+
+
+def _candidates(group: Sequence[SceneObject], phrase: Phrase, image_size: int, suffix: str = "") -> str:
+    points = _series([location(o) for o in reading_order(group, image_size)])
+    return f"{_there_are(len(group), phrase, suffix)}, at {points}"
+
+
+# Phrases of "multiple" expressions: every attribute set but the empty one ("all the shapes" would
+# name the whole scene); of "absent" ones: a shape, alone or with colour (and size), never missing.
+GROUP_ATTRIBUTE_SETS = tuple(attributes for attributes in ATTRIBUTE_SETS if attributes)
+ABSENT_ATTRIBUTE_SETS = (("shape",), ("color", "shape"), ("size", "color", "shape"))
+ATTRIBUTE_VALUES = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
+ABSENT_TRIES = 20  # random phrases tried for one that matches nothing (a scene uses at most 3 shapes)
+
+
+def group_targets(expression: Expression, objects: Sequence[SceneObject], image_size: int) -> list[int]:
+    """The referents of a group expression in reading order (the order its reasoning and answer use)."""
+    return sorted(matching(expression.phrase, objects), key=lambda i: _reading_key(objects[i], image_size))
+
+
+def choose_group_expressions(
+    rng: np.random.Generator, objects: Sequence[SceneObject], kinds: Sequence[str], shares: dict[str, float]
+) -> list[Expression]:
+    """At most one "multiple" and one "absent" expression for a scene, each with probability
+    ``shares[kind]`` when the scene allows one. Every draw is made whatever ``kinds`` holds, so the
+    expressions of one kind do not depend on whether the other is asked for."""
+    chosen: list[Expression] = []
+    groups = {p.text: p for attributes in GROUP_ATTRIBUTE_SETS for p in (Phrase.of(o, attributes) for o in objects)
+              if len(matching(p, objects)) >= 2}
+    wants_multiple, says_count = rng.random() < shares["multiple"], rng.random() < 0.5
+    if groups:
+        phrase = list(groups.values())[int(rng.integers(len(groups)))]
+        count = len(matching(phrase, objects))
+        if "multiple" in kinds and wants_multiple:
+            chosen.append(Expression("multiple", phrase, count=count if says_count and count in NUMBER_WORDS else None))
+    wants_absent = rng.random() < shares["absent"]
+    for _ in range(ABSENT_TRIES):
+        attributes = ABSENT_ATTRIBUTE_SETS[int(rng.integers(len(ABSENT_ATTRIBUTE_SETS)))]
+        phrase = Phrase(**{a: str(rng.choice(ATTRIBUTE_VALUES[a])) for a in attributes})
+        if not matching(phrase, objects):
+            if "absent" in kinds and wants_absent:
+                chosen.append(Expression("absent", phrase))
+            break
+    return chosen
+
+
+def explain_group(expression: Expression, objects: Sequence[SceneObject], image_size: int) -> str:
+    """Templated reasoning of a group expression: the listing, then every match or the lack of one."""
+    opening = _opening(expression, objects, image_size)
+    group = [objects[i] for i in group_targets(expression, objects, image_size)]
+    if not group:
+        return f"{opening} There is no {expression.phrase.text}, so nothing matches."
+    every = "both" if len(group) == 2 else f"all {NUMBER_WORDS.get(len(group), str(len(group)))}"
+    return f"{opening} {_candidates(group, expression.phrase, image_size)}, so {every} are the targets."
