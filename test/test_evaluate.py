@@ -119,7 +119,7 @@ def test_score_treats_no_target_and_empty_masks_as_nothing_and_boxes_only_single
     import numpy as np
 
     from lens_model.result import NO_TARGET, Instance, SegmentationResult
-    from training.data.sample import Sample
+    from training.data.sample import NO_BOX, Sample
 
     image = np.zeros((2, 4, 3), np.uint8)
     left, right = np.zeros((2, 4), bool), np.zeros((2, 4), bool)
@@ -127,8 +127,9 @@ def test_score_treats_no_target_and_empty_masks_as_nothing_and_boxes_only_single
     right[:, 2:] = True
     nothing = np.zeros((2, 4), bool)
 
-    def sample(name, mask, instances=()):
-        return Sample(image, "x", mask, (0, 0, 2, 2), "i", name, name, "test", instances=instances)
+    def sample(name, mask, instances=None):  # None: one referent; (): none
+        box = NO_BOX if instances == () else (0, 0, 2, 2)
+        return Sample(image, "x", mask, box, "i", name, name, "test", instances=instances)
 
     def answer(mask, status="ok"):
         box = None if status != "ok" else (0.0, 0.0, 2.0, 2.0)
@@ -137,8 +138,8 @@ def test_score_treats_no_target_and_empty_masks_as_nothing_and_boxes_only_single
                                   instances=instances)
 
     meter = SegmentationMeter()
-    evaluate.score(meter, sample("nt-right", nothing), answer(left, "no_target"))  # stray mask ignored: I=0, U=0
-    evaluate.score(meter, sample("nt-wrong", nothing), answer(left))  # I=0, U=4
+    evaluate.score(meter, sample("nt-right", nothing, ()), answer(left, "no_target"))  # stray mask ignored: I=0, U=0
+    evaluate.score(meter, sample("nt-wrong", nothing, ()), answer(left))  # I=0, U=4
     both = sample("two", left | right, (((0, 0, 2, 2), left), ((2, 0, 4, 2), right)))
     evaluate.score(meter, both, answer(left))  # I=4, U=8, no box scored
     evaluate.score(meter, sample("missed", left), answer(nothing))  # answered with nothing: I=0, U=4

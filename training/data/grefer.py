@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from lens_model.answer_parser import MAX_INSTANCES
-from lens_model.result import Box
 from training.data.dataset import Decoded, Per, Target, TargetDataset
 from training.data.fields import brief, entry_id
 from training.data.images import read_rgb
