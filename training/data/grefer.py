@@ -18,81 +18,42 @@ distinct objects is skipped (``too many targets``), which bounds a sample's memo
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lens_model.answer_parser import MAX_INSTANCES
-from training.data.dataset import Decoded, Per, Target, TargetDataset
+from training.data.dataset import Target
 from training.data.fields import brief, entry_id
-from training.data.images import read_rgb
-from training.data.lines import read_json, read_json_object
-from training.data.masks import checked_mask, parse_coco_segmentation, union_mask, xywh_to_xyxy
+from training.data.lines import read_json
+from training.data.masks import parse_coco_segmentation, xywh_to_xyxy
 from training.data.refer import (
-    Key, ReferAnnotation, by_id, image_file, image_file_name, is_key, ref_queries, refs_of_split)
+    Key, ReferAnnotation, ReferDataset, ReferTarget, image_file, image_file_name, is_key, ref_queries)
 from training.data.safe_pickle import load_plain_pickle
-from training.data.sample import NO_BOX
-from training.data.skips import BrokenEntry, SkipCounter
+from training.data.skips import BrokenEntry
 
 MAX_TARGETS = MAX_INSTANCES  # the most boxes the model answers with: a ref naming more could never be matched
 NO_TARGET_IDS = (-1,)  # gRefCOCO's ann_id of a no-target ref
 
 
-@dataclass(frozen=True)
-class GReferAnnotation:
-    instances: tuple[ReferAnnotation, ...]  # empty: no target
+class GReferDataset(ReferDataset):
+    """One split (``train``, ``val``, ``testA``, ``testB``) of a gRefCOCO folder: the refer layout (images,
+    skipping, decoding) with gRefCOCO's refs file and its refs of several targets or none."""
 
+    def __init__(self, folder: Path, split: str, *, source: str = "grefcoco", **kwargs: Any) -> None:
+        super().__init__(folder, split, source=source, **kwargs)
 
-class GReferDataset(TargetDataset[GReferAnnotation]):
-    """One split (``train``, ``val``, ``testA``, ``testB``) of a gRefCOCO folder; images as for
-    ``ReferDataset`` (``image_dir / file_name``, contained in ``image_dir``)."""
+    @staticmethod
+    def read_refs(folder: Path, split_by: str) -> tuple[Path, Any]:
+        """``grefs(unc).json``, or where there is only ``grefs(unc).p``, that through the plain-data unpickler."""
+        path = folder / f"grefs({split_by}).json"
+        if path.exists() or not path.with_suffix(".p").exists():  # missing: the error names the JSON
+            return path, read_json(path)
+        return path.with_suffix(".p"), load_plain_pickle(path.with_suffix(".p"))
 
-    def __init__(
-        self,
-        folder: Path,
-        split: str,
-        *,
-        image_dir: Path,
-        split_by: str = "unc",
-        source: str = "grefcoco",
-        per: Per = "sentence",
-        skips: SkipCounter | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        folder, image_dir = Path(folder), Path(image_dir).resolve()
-        skips = skips or SkipCounter(f"{source}/{split}")
-        refs_path = folder / f"grefs({split_by}).json"
-        if refs_path.exists() or not refs_path.with_suffix(".p").exists():  # missing: the error names the JSON
-            content = read_json(refs_path)
-        else:
-            refs_path = refs_path.with_suffix(".p")
-            content = load_plain_pickle(refs_path)
-        refs = refs_of_split(content, refs_path, split)
-        instances = read_json_object(folder / "instances.json")
-        images = by_id(instances, "images")
-        annotations = by_id(instances, "annotations")
-        image_files: dict[str, Path | BrokenEntry] = {}
-        targets = []
-        for ref in refs:
-            try:
-                targets.append(_target(ref, images, annotations, image_dir, image_files))
-            except BrokenEntry as error:
-                skips.skip_error(error, f"ref {brief(ref.get('ref_id'))}")
-        super().__init__(targets, source=source, per=per, skips=skips, rng=rng)
-
-    def decode(self, target: Target[GReferAnnotation]) -> Decoded:
-        image = read_rgb(target.image_path)
-        height, width = image.shape[:2]
-        instances = tuple((instance.box, checked_mask(union_mask(instance.regions, height, width), height, width))
-                          for instance in target.annotation.instances)
-        mask = np.zeros((height, width), dtype=bool)
-        for _, instance_mask in instances:
-            mask |= instance_mask
-        return Decoded(image=image, mask=mask, box=instances[0][0] if instances else NO_BOX,
-                       instances=instances)
+    @staticmethod
+    def parse_ref(ref: dict[str, Any], images: dict[Key, dict[str, Any]], annotations: dict[Key, dict[str, Any]],
+                  image_dir: Path, image_files: dict[str, Path | BrokenEntry]) -> Target[ReferTarget]:
+        return _target(ref, images, annotations, image_dir, image_files)
 
 
 def _target(
@@ -101,7 +62,7 @@ def _target(
     annotations: dict[Key, dict[str, Any]],
     image_dir: Path,
     image_files: dict[str, Path | BrokenEntry],
-) -> Target[GReferAnnotation]:
+) -> Target[ReferTarget]:
     try:
         ref_id, ann_ids, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
     except KeyError as error:
@@ -128,7 +89,7 @@ def _target(
                       for ann in found)
     meta = {"split": ref["split"], "ann_ids": [ann["id"] for ann in found], "no_target": not instances,
             "category_ids": [ann.get("category_id") for ann in found]}
-    return Target(path, image_text, ref_text, queries, GReferAnnotation(instances), meta)
+    return Target(path, image_text, ref_text, queries, instances, meta, referents=len(instances))
 
 
 def _target_ids(value: Any) -> list[Key]:

@@ -68,8 +68,8 @@ class ReferDataset(TargetDataset[ReferTarget]):
     ) -> None:
         folder, image_dir = Path(folder), Path(image_dir).resolve()
         skips = skips or SkipCounter(f"{source}/{split}")
-        refs_path = folder / f"refs({split_by}).p"
-        refs = refs_of_split(load_plain_pickle(refs_path), refs_path, split)
+        refs_path, content = self.read_refs(folder, split_by)
+        refs = refs_of_split(content, refs_path, split)
         instances = read_json_object(folder / "instances.json")
         images = by_id(instances, "images")
         annotations = by_id(instances, "annotations")
@@ -77,10 +77,22 @@ class ReferDataset(TargetDataset[ReferTarget]):
         targets = []
         for ref in refs:
             try:
-                targets.append(_target(ref, images, annotations, image_dir, image_files))
+                targets.append(self.parse_ref(ref, images, annotations, image_dir, image_files))
             except BrokenEntry as error:
                 skips.skip_error(error, f"ref {brief(ref.get('ref_id'))}")
         super().__init__(targets, source=source, per=per, skips=skips, rng=rng)
+
+    @staticmethod
+    def read_refs(folder: Path, split_by: str) -> tuple[Path, Any]:
+        """The refs file and its plain data (``refs(unc).p`` through the plain-data unpickler)."""
+        path = folder / f"refs({split_by}).p"
+        return path, load_plain_pickle(path)
+
+    @staticmethod
+    def parse_ref(ref: dict[str, Any], images: dict[Key, dict[str, Any]], annotations: dict[Key, dict[str, Any]],
+                  image_dir: Path, image_files: dict[str, Path | BrokenEntry]) -> Target[ReferTarget]:
+        """One ref as a target (``BrokenEntry`` when it is broken)."""
+        return _target(ref, images, annotations, image_dir, image_files)
 
     def decode(self, target: Target[ReferTarget]) -> Decoded:
         image = read_rgb(target.image_path)
