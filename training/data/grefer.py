@@ -25,9 +25,8 @@ from lens_model.answer_parser import MAX_INSTANCES
 from training.data.dataset import Target
 from training.data.fields import brief, entry_id
 from training.data.lines import read_json
-from training.data.masks import parse_coco_segmentation, xywh_to_xyxy
 from training.data.refer import (
-    Key, ReferAnnotation, ReferDataset, ReferTarget, image_file, image_file_name, is_key, ref_queries)
+    Key, ReferDataset, ReferTarget, image_file, image_file_name, is_key, ref_fields, ref_queries, refer_annotation)
 from training.data.safe_pickle import load_plain_pickle
 from training.data.skips import BrokenEntry
 
@@ -63,10 +62,7 @@ def _target(
     image_dir: Path,
     image_files: dict[str, Path | BrokenEntry],
 ) -> Target[ReferTarget]:
-    try:
-        ref_id, ann_ids, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
-    except KeyError as error:
-        raise BrokenEntry("malformed ref", f"no {error}") from error
+    ref_id, ann_ids, image_id, sentences = ref_fields(ref)
     ann_ids = _target_ids(ann_ids)
     flag = ref.get("no_target")
     if not is_key(image_id) or not isinstance(sentences, (list, tuple)) or flag not in (None, True, False):
@@ -85,8 +81,7 @@ def _target(
         raise BrokenEntry("only crowd annotations", f"ann_id {brief(ref['ann_id'])}")
     queries = ref_queries(sentences, ref_text)
     path = image_file(image_dir, image_file_name(images.get(image_id, {}), image_id), image_files)
-    instances = tuple(ReferAnnotation(parse_coco_segmentation(ann.get("segmentation")), xywh_to_xyxy(ann.get("bbox")))
-                      for ann in found)
+    instances = tuple(refer_annotation(ann) for ann in found)
     meta = {"split": ref["split"], "ann_ids": [ann["id"] for ann in found], "no_target": not instances,
             "category_ids": [ann.get("category_id") for ann in found]}
     return Target(path, image_text, ref_text, queries, instances, meta, referents=len(instances))

@@ -124,6 +124,19 @@ def by_id(instances: dict[str, Any], field: str) -> dict[Key, dict[str, Any]]:
     return {item["id"]: item for item in items if isinstance(item, dict) and is_key(item.get("id"))}
 
 
+def ref_fields(ref: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """A ref's ``ref_id``, ``ann_id``, ``image_id`` and ``sentences`` (``BrokenEntry`` when one is missing)."""
+    try:
+        return ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
+    except KeyError as error:
+        raise BrokenEntry("malformed ref", f"no {error}") from error
+
+
+def refer_annotation(ann: dict[str, Any]) -> ReferAnnotation:
+    """A COCO annotation's regions (polygons or RLE) and its ``bbox`` as (x1, y1, x2, y2)."""
+    return ReferAnnotation(parse_coco_segmentation(ann.get("segmentation")), xywh_to_xyxy(ann.get("bbox")))
+
+
 def is_key(value: Any) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool)
 
@@ -135,10 +148,7 @@ def _target(
     image_dir: Path,
     image_files: dict[str, Path | BrokenEntry],
 ) -> Target[ReferTarget]:
-    try:
-        ref_id, ann_id, image_id, sentences = ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"]
-    except KeyError as error:
-        raise BrokenEntry("malformed ref", f"no {error}") from error
+    ref_id, ann_id, image_id, sentences = ref_fields(ref)
     ann_ids = ann_id if isinstance(ann_id, list) else [ann_id]
     if not (all(is_key(a) for a in ann_ids) and is_key(image_id) and isinstance(sentences, (list, tuple))):
         raise BrokenEntry("malformed ref", "ann_id must be an id or a list of ids, image_id an id, sentences a list")
@@ -151,8 +161,7 @@ def _target(
     queries = ref_queries(sentences, ref_text)
     path = image_file(image_dir, image_file_name(images.get(image_id, {}), image_id), image_files)
     anns = [annotations[a] for a in ann_ids]
-    annotation = tuple(ReferAnnotation(parse_coco_segmentation(a.get("segmentation")), xywh_to_xyxy(a.get("bbox")))
-                       for a in anns)
+    annotation = tuple(refer_annotation(a) for a in anns)
     meta = {"split": ref["split"], "ann_id": ann_id, "category_id": anns[0].get("category_id") if anns else None}
     return Target(path, image_text, ref_text, queries, annotation, meta, referents=len(anns))
 
