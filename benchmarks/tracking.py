@@ -3,7 +3,7 @@ camera it keeps up with, and how well box mode follows a target through syntheti
 
     python -m benchmarks.tracking [--model lens-synth-demo] [--size 448] [--repeats 20] [--rate 30]
                                   [--videos 10] [--frames 100] [--video-size 224] [--memory-weights FILE]
-                                  [--threads 1]
+                                  [--instances 4] [--threads 1]
 
 In one run it prints:
 
@@ -11,10 +11,12 @@ In one run it prints:
    with memory weights from ``--memory-weights`` or, for timing only, random ones) on ``--size`` px
    frames of a synthetic video, the step's stages, and the step's cost as a share of the query (the
    goal is under 5 %);
-2. track steps per second, and the share of ``--rate`` Hz camera frames that get a mask when one
+2. a frame of ``--instances`` tracked instances (box mode): one image encoding shared by their
+   trackers (``InstanceTracks``) against one encoding per instance, and the ratio;
+3. track steps per second, and the share of ``--rate`` Hz camera frames that get a mask when one
    worker runs steps back to back and always takes the newest frame (frames that arrive while it
    works are dropped, as the node's latest-frame buffer does), simulated with the measured step times;
-3. the tracking evaluation (``training.track_eval``) on ``--videos`` synthetic videos of
+4. the tracking evaluation (``training.track_eval``) on ``--videos`` synthetic videos of
    ``--frames`` frames, seeded from the first frame's query and from the true mask: mean IoU over
    frames (all, apart, at crossings), lost rate and identity switches, for all videos and for those
    whose query succeeded (seed IoU >= 0.5; the issue's goal for box mode is mean IoU >= 0.8 there),
@@ -34,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lens_model.instance_tracks import InstanceTracks
 from lens_model.predictor import LensPredictor
+from lens_model.result import Instance, mask_to_box
 from lens_model.sam_video import build_video_sam, save_video_weights
 from lens_model.tracker import LensTracker, TrackerConfig
 from training.data.synthetic_motion import sample_video
@@ -82,7 +86,24 @@ def step_times(tracker: LensTracker, frames: np.ndarray, seed: np.ndarray, repea
     return walls, cpus, {k: statistics.median(s[k] for s in stages) for k in stages[0]}
 
 
-def costs(predictor: LensPredictor, size: int, repeats: int, rate: float, memory_weights: Path | None) -> None:
+def instance_costs(predictor: LensPredictor, frames: np.ndarray, seed: np.ndarray, repeats: int, count: int) -> None:
+    """CPU ms of a frame of ``count`` instances: trackers sharing one encoding, against each encoding the frame."""
+    shared = InstanceTracks(predictor.tracker, frames[0], [Instance(mask_to_box(seed), seed, 1.0, None)] * count)
+    separate = [predictor.tracker() for _ in range(count)]
+    for tracker in separate:
+        tracker.start(frames[0], seed)
+    shared_ms, separate_ms = [], []
+    for i in range(repeats + 1):  # the first is a warm-up
+        frame = frames[1 + i % (len(frames) - 1)]
+        shared_ms.append(timed(lambda: shared.step(frame))[1])
+        separate_ms.append(timed(lambda: [tracker.step(frame) for tracker in separate])[1])
+    one, each = statistics.median(shared_ms[1:]), statistics.median(separate_ms[1:])
+    print(f"{count} instances, box mode: {one:.1f} ms CPU a frame with one shared image encoding, {each:.1f} ms with "
+          f"one encoding per instance ({each / one:.2f}x)")
+
+
+def costs(predictor: LensPredictor, size: int, repeats: int, rate: float, memory_weights: Path | None,
+          instances: int) -> None:
     video = sample_video(np.random.default_rng(0), size, repeats + 2, POSITION_MARGIN * size)
     frames, seed = video.frames, video.labels[0] == video.target + 1
     predictor.predict(frames[0], video.query)  # warm-up
@@ -98,6 +119,7 @@ def costs(predictor: LensPredictor, size: int, repeats: int, rate: float, memory
             save_video_weights(build_video_sam(predictor.model), memory_weights)
             label = "memory (random weights: timing only)"
         modes[label] = predictor.tracker(TrackerConfig(mode="memory"), memory_weights)
+        instance_costs(predictor, frames, seed, repeats, instances)
         for name, tracker in modes.items():
             walls, cpus, stages = step_times(tracker, frames, seed, repeats)
             wall, cpu = statistics.median(walls), statistics.median(cpus)
@@ -155,12 +177,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--video-size", type=int, default=224, help="side of the evaluation videos (px)")
     parser.add_argument("--memory-weights", type=Path, default=None, help="memory weights for memory mode")
+    parser.add_argument("--instances", type=int, default=4, help="instances of one query, for the shared encoding")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     predictor = LensPredictor.from_pretrained(args.model)
     print(f"{args.model}; {torch.get_num_threads()} thread(s)")
-    costs(predictor, args.size, args.repeats, args.rate, args.memory_weights)
+    costs(predictor, args.size, args.repeats, args.rate, args.memory_weights, args.instances)
     accuracy(predictor, args.videos, args.frames, args.video_size, args.memory_weights)
 
 

@@ -1,5 +1,6 @@
 """Every instance of a query followed through the frames after it: one tracker per instance, seeded
-with that instance's own mask (``lens_model.tracker``: one tracker follows one object).
+with that instance's own mask (``lens_model.tracker``: one tracker follows one object). Each frame goes
+through SAM 2's image encoder once, by the first tracker, and every tracker reads that encoding.
 
 A step the tracker loses is a ``lost`` step without a mask, and the tracker goes on with the next frame:
 it keeps searching where the target was heading (in box mode ``LensTracker``'s reference box moves on at
@@ -23,10 +24,16 @@ from lens_model.result import Box, Instance, instance_map
 QUERY, TRACKING, LOST, ERROR, NO_TRACK = "query", "tracking", "lost", "error", "no_track"
 
 
+class EncodedFrame(Protocol):  # lens_model.tracker.EncodedFrame
+    timings_ms: dict[str, float]
+
+
 class Tracker(Protocol):  # lens_model.tracker.LensTracker
     def start(self, image: np.ndarray, mask: np.ndarray) -> None: ...
 
-    def step(self, image: np.ndarray) -> Any: ...
+    def encode(self, image: np.ndarray) -> EncodedFrame: ...
+
+    def step(self, frame: np.ndarray | EncodedFrame) -> Any: ...
 
 
 @dataclass
@@ -57,24 +64,35 @@ class InstanceTracks:
             self._trackers.append(tracker)
 
     def step(self, frame: np.ndarray) -> list[InstanceStep]:
-        """Each instance's step on ``frame``."""
+        """Each instance's step on ``frame``; the frame's one encoding is timed in the first tracker's step."""
+        trackers = [tracker for tracker in self._trackers if tracker is not None]
+        if not trackers:
+            return [InstanceStep(NO_TRACK) for _ in self._trackers]
+        try:
+            encoded = trackers[0].encode(frame)
+        except InputError as exc:  # no tracker can use it; they keep their state
+            return self.refused(f"tracker rejected the frame: {exc}")
         steps = []
         for tracker in self._trackers:
             if tracker is None:
                 steps.append(InstanceStep(NO_TRACK))
                 continue
             try:
-                step = tracker.step(frame)
+                step = tracker.step(encoded)
             except InputError as exc:  # the tracker kept its state
                 steps.append(InstanceStep(ERROR, error=f"tracker rejected the frame: {exc}"))
                 continue
+            timings = step.timings_ms
+            if tracker is trackers[0]:
+                timings = {**encoded.timings_ms, **timings,
+                           "total": timings.get("total", 0.0) + sum(encoded.timings_ms.values())}
             if step.mask.shape != frame.shape[:2]:
                 steps.append(InstanceStep(ERROR, error=f"tracker returned a {step.mask.shape} mask for a "
-                                                       f"{frame.shape[:2]} frame", timings_ms=step.timings_ms))
+                                                       f"{frame.shape[:2]} frame", timings_ms=timings))
             elif step.lost:  # no mask: it is not the target
-                steps.append(InstanceStep(LOST, step.score, step.box, timings_ms=step.timings_ms))
+                steps.append(InstanceStep(LOST, step.score, step.box, timings_ms=timings))
             else:
-                steps.append(InstanceStep(TRACKING, step.score, step.box, step.mask, timings_ms=step.timings_ms))
+                steps.append(InstanceStep(TRACKING, step.score, step.box, step.mask, timings_ms=timings))
         return steps
 
     def refused(self, error: str) -> list[InstanceStep]:

@@ -194,6 +194,13 @@ class Propagated:
     object_score: torch.Tensor  # SAM 2's logit that the object is visible (a mask is empty where it is <= 0)
 
 
+def encode_frame(video: torch.nn.Module, pixels: torch.Tensor) -> FrameFeatures:
+    """SAM 2's image encoder on one frame (1, 3, S, S), with the mask decoder's high-resolution
+    projections: what every track of ``video`` reads that frame from (it holds no track state)."""
+    _, features, positions, sizes = video._prepare_backbone_features(video.forward_image(pixels))
+    return FrameFeatures(features, positions, sizes)
+
+
 class VideoTrack:
     """One object through a stream of frames: seeded with a mask, then propagated frame by frame."""
 
@@ -203,9 +210,7 @@ class VideoTrack:
         self.frame = -1
 
     def encode(self, pixels: torch.Tensor) -> FrameFeatures:
-        """SAM 2's image encoder on one frame (1, 3, S, S), with the mask decoder's high-resolution projections."""
-        _, features, positions, sizes = self.video._prepare_backbone_features(self.video.forward_image(pixels))
-        return FrameFeatures(features, positions, sizes)
+        return encode_frame(self.video, pixels)
 
     def seed(self, frame: FrameFeatures, mask: torch.Tensor) -> None:
         """Start from ``mask`` (bool H x W, any size), as SAM 2's ``add_new_mask`` does: the mask,

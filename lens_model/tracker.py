@@ -5,6 +5,9 @@ gets a mask, a box, a score and a ``lost`` flag from SAM 2 alone (the reasoner n
     tracker.start(frame0, result.mask)
     step = tracker.step(frame1)      # step.mask, step.box, step.score, step.lost, step.timings_ms
 
+Several instances, one tracker each, share one image encoding per frame: ``frame = trackers[0].encode(frame1)``,
+then ``tracker.step(frame)`` for each (``lens_model.instance_tracks`` does this).
+
 Two modes:
 
 * ``box``: the box of the last good mask, grown by ``box_margin`` of its size on every side, is a
@@ -69,6 +72,17 @@ class TrackStep:
 
 
 @dataclass(frozen=True)
+class EncodedFrame:
+    """A frame through SAM 2's image encoder (``LensTracker.encode``), for every tracker of the same model,
+    mode and memory weights: following N instances costs one image encoding per frame, not N."""
+
+    image: np.ndarray  # the validated RGB frame
+    features: sam_head.SamImageFeatures | sam_video.FrameFeatures
+    encoder: tuple[int, str, str]  # who can read it: (id of the model, mode, memory weights)
+    timings_ms: dict[str, float]  # preprocess and sam_image_encoder
+
+
+@dataclass(frozen=True)
 class _Reference:
     """The last good mask, independent of frame size: its box in [0, 1] coordinates, its area share,
     the box centre's velocity per step, and how many steps ago it was."""
@@ -119,6 +133,7 @@ class LensTracker:
                                  "comes from (SAM 2-L for OuyBin/LENS) or a .safetensors file of memory weights")
             self._video = sam_video.build_video_sam(model)
             sam_video.load_video_weights(self._video, memory_weights)
+        self._encoder = (id(model), self.config.mode, "" if memory_weights is None else str(memory_weights))
         self._track: sam_video.VideoTrack | None = None
         self._reference: _Reference | None = None
 
@@ -140,35 +155,45 @@ class LensTracker:
         mask = _main_region(validate_mask(mask, image))
         if self._video is not None:
             track = sam_video.VideoTrack(self._video)
-            frame = track.encode(self.model.sam_pixels([image], torch.float32))
-            track.seed(frame, torch.from_numpy(mask).to(self.model.device))
+            track.seed(self.encode(image).features, torch.from_numpy(mask).to(self.model.device))
             self._track = track
         self._reference = _Reference.of(mask)
 
     @torch.inference_mode()
-    def step(self, image: object) -> TrackStep:
-        """The target on a new frame (any size). A bad frame raises InputError and changes nothing."""
+    def encode(self, image: object) -> EncodedFrame:
+        """A frame (RGB uint8 H x W x 3) through SAM 2's image encoder, for ``step`` of this tracker or of
+        any other of the same model, mode and memory weights. A bad frame raises InputError."""
         image = validate_image(image)
+        model, timer, device = self.model, StageTimer(), self.model.device
+        with timer.stage("preprocess", device):
+            pixels = model.sam_pixels([image], None if self._video is None else torch.float32)
+        with timer.stage("sam_image_encoder", device):
+            features = (sam_head.encode_images(model.sam, pixels) if self._video is None
+                        else sam_video.encode_frame(self._video, pixels))
+        return EncodedFrame(image, features, self._encoder, dict(timer.ms))
+
+    @torch.inference_mode()
+    def step(self, frame: object) -> TrackStep:
+        """The target on a new frame: an RGB image (any size), or an ``encode``d one shared with the trackers
+        of other instances (its encoding is then timed where it was made, not here). A bad frame raises
+        InputError and changes nothing."""
         if self._reference is None:
             raise RuntimeError("the tracker is not started: call start(image, mask) first")
+        encoded = frame if isinstance(frame, EncodedFrame) else self.encode(frame)
+        if encoded.encoder != self._encoder:
+            raise ValueError("the frame was encoded by a tracker of another model, mode or memory weights")
         model, timer, device = self.model, StageTimer(), self.model.device
-        height, width = image.shape[:2]
-        with timer.stage("preprocess", device):
-            pixels = model.sam_pixels([image], None if self._track is None else torch.float32)
+        height, width = encoded.image.shape[:2]
         prompt = None
         if self._track is None:
             prompt = self._prompt_box()
-            with timer.stage("sam_image_encoder", device):
-                features = sam_head.encode_images(model.sam, pixels)
             with timer.stage("mask_decoder", device):
                 boxes = torch.tensor([prompt], device=device) * model.config.sam_image_size
-                logits, iou = sam_head.decode_box_masks(model.sam, features, boxes)
+                logits, iou = sam_head.decode_box_masks(model.sam, encoded.features, boxes)
                 logits, score = logits[0], float(iou[0])
         else:
-            with timer.stage("sam_image_encoder", device):
-                frame = self._track.encode(pixels)
             with timer.stage("memory_track_step", device):
-                propagated = self._track.propagate(frame)
+                propagated = self._track.propagate(encoded.features)
             logits, score = propagated.low_res_logits, propagated.score
         with timer.stage("postprocess", device):
             mask = (sam_head.upsample_logits(logits[None], height, width)[0] > model.config.mask_threshold).cpu().numpy()
@@ -178,7 +203,8 @@ class LensTracker:
             reason = self._lost_reason(mask, score)
             self._reference = self._reference.aged() if reason is not None else self._reference.followed_by(mask)
         box = mask_to_box(mask) if mask.any() else None
-        return TrackStep(mask, box, score, reason is not None, timer.with_total(), reason)
+        timings = timer.ms if frame is encoded else {**encoded.timings_ms, **timer.ms}
+        return TrackStep(mask, box, score, reason is not None, {**timings, "total": sum(timings.values())}, reason)
 
     def _prompt_box(self) -> list[float]:
         """The reference box where its motion puts it now, grown by ``box_margin`` of its size per side,

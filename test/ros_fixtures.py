@@ -43,6 +43,14 @@ class FakeTrackStep:
     timings_ms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class FakeEncodedFrame:
+    """lens_model.tracker.EncodedFrame, as the trackers of one track share it."""
+
+    image: np.ndarray
+    timings_ms: dict[str, float]
+
+
 class FakeTracker:
     """Test double of lens_model.tracker.LensTracker. Frames carry their index in pixel [0, 0, 0] (``marked``):
     a step's mask is the 4x4 square at (index, index), so a published mask tells which frame the step ran on.
@@ -82,8 +90,12 @@ class FakeTracker:
         self.seed_masks.append(mask.copy())
         self._shape = image.shape
 
-    def step(self, image: np.ndarray) -> FakeTrackStep:
+    def encode(self, image: np.ndarray) -> FakeEncodedFrame:
+        return FakeEncodedFrame(image, {"encode": 0.5})
+
+    def step(self, frame: np.ndarray | FakeEncodedFrame) -> FakeTrackStep:
         assert self._shape is not None, "step before start"
+        image = frame.image if isinstance(frame, FakeEncodedFrame) else frame
         index = int(image[0, 0, 0])
         self.activity.append(("step", index))
         self.stepped.append(index)
@@ -110,8 +122,8 @@ class FakeTracker:
 class ShiftedTracker(FakeTracker):
     """FakeTracker's square moved 10 pixels right, with score 0.5: another object."""
 
-    def step(self, image: np.ndarray) -> FakeTrackStep:
-        step = super().step(image)
+    def step(self, frame: np.ndarray | FakeEncodedFrame) -> FakeTrackStep:
+        step = super().step(frame)
         step.mask = np.roll(step.mask, 10, axis=1)
         x1, y1, x2, y2 = step.box
         step.box, step.score = (x1 + 10, y1, x2 + 10, y2), 0.1 if step.lost else 0.5

@@ -88,14 +88,14 @@ def test_a_lost_frame_has_no_mask_and_the_track_goes_on_as_after_a_rejected_fram
     segmenter = FakeSegmenter()
     tracker = segmenter.tracker()
     tracker.lost_at = {4}
-    step = tracker.step
+    encode = tracker.encode
 
-    def refuse_frame_2(image):
+    def refuse_frame_2(image):  # as LensTracker.encode refuses a bad frame, before any tracker steps
         if image[0, 0, 0] == 2:
             raise InputError("frame 2 is no good")
-        return step(image)
+        return encode(image)
 
-    tracker.step = refuse_frame_2
+    tracker.encode = refuse_frame_2
     out = tmp_path / "out"
     run_fake(video, out, segmenter, lambda: tracker)
     lines = read_lines(out)

@@ -35,6 +35,29 @@ def test_boxes_are_scaled_to_sam_input_and_jittered_within_bounds(data_root):
     assert ((jittered - exact).abs() <= 0.1 * extent + 1e-4).all()
 
 
+@torch.no_grad()
+def test_one_token_prompts_are_the_sum_of_the_corner_embeddings_in_the_batch_order(data_root):
+    from lens_model import sam_head
+
+    model = build_tiny_random().eval()
+    samples = [s for s in load_dataset("synthetic", data_root, "train", per="ref")][:4]
+    images = [samples[0].image, samples[1].image]
+    image_of_box = torch.tensor([0, 1, 0, 1])
+    boxes = sam_pretrain.sam_boxes(samples, model.config.sam_image_size, 0.0)
+    two_tokens = sam_pretrain.box_prompted_logits(model, images, boxes, image_of_box)
+    assert torch.allclose(sam_pretrain.mixed_prompt_logits(model, images, boxes, image_of_box, torch.zeros(4, dtype=torch.bool)),
+                          two_tokens, atol=1e-5)
+    one_token = torch.tensor([True, False, False, True])
+    mixed = sam_pretrain.mixed_prompt_logits(model, images, boxes, image_of_box, one_token)
+    features = model.sam_features(images).select(image_of_box)
+    corners, _ = model.sam.sam_prompt_encoder(points=None, boxes=boxes, masks=None)
+    summed = sam_head.decode_masks(model.sam, features, corners.sum(1, keepdim=True), repeat_image=False)[0]
+    for row in range(4):
+        expected = summed[row] if one_token[row] else two_tokens[row]
+        assert torch.allclose(mixed[row], expected, atol=1e-5), row
+    assert not torch.allclose(mixed[0], two_tokens[0], atol=1e-3)  # the one-token prompt is another prompt
+
+
 def test_sam_pretraining_lowers_the_mask_loss_and_changes_only_sam(data_root, tmp_path):
     out = tmp_path / "out"
     args = ["--config", CONFIG, "model.init=tiny-random", f"data.root={data_root}", f"output_dir={out}",

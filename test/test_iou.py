@@ -1,11 +1,12 @@
 """The one IoU implementation: masks at the ground truth's resolution, ignore pixels, boxes."""
+import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from training.iou import box_iou, expression_iou, mask_intersection_union, match_boxes
+from training.iou import box_iou, expression_iou, mask_intersection_union, match_boxes, max_weight_assignment
 
 
 def _mask(rows: list[str]) -> np.ndarray:
@@ -66,7 +67,25 @@ def test_match_boxes_pairs_one_to_one_by_iou() -> None:
     assert match_boxes([B, A], [A, B, C]) == [(0, 1, 1.0), (1, 0, 1.0)]
     assert match_boxes([A, A], [A]) == [(0, 0, 1.0)]  # a ground-truth box is matched once
     assert match_boxes([(20, 0, 30, 20)], [B, C]) == [(0, 0, 0.5)]
-    # the best pair first (IoU 1), then the best of what is left (0.2, though 0.6 was on offer to box 0)
-    matches = match_boxes([(0, 0, 10, 6), A], [A, (0, 4, 10, 10)])
-    assert [(i, j) for i, j, _ in matches] == [(1, 0), (0, 1)] and matches[1][2] == pytest.approx(0.2)
+    # the largest total, not the best pair first: greedy would take (0, 0) at 0.467 and leave box 1
+    # unmatched; the optimum pairs 0 with 1 (5/17) and 1 with 0 (0.25), 0.544 in all
+    matches = match_boxes([(13, 0, 25, 10), (0, 0, 15, 10)], [(10, 0, 20, 10), (20, 0, 30, 10)])
+    assert [(i, j) for i, j, _ in matches] == [(0, 1), (1, 0)]
+    assert [iou for _, _, iou in matches] == pytest.approx([5 / 17, 0.25])
     assert match_boxes([A], [C]) == [] and match_boxes([], [A]) == [] and match_boxes([A], []) == []
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 3), (2, 5), (5, 2), (6, 6)])
+def test_max_weight_assignment_is_the_brute_force_optimum(rows: int, cols: int) -> None:
+    rng = np.random.default_rng(rows * 10 + cols)
+    for _ in range(20):
+        weights = rng.random((rows, cols)).round(2).tolist()
+        pairs = max_weight_assignment(weights)
+        assert len(pairs) == min(rows, cols)
+        assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)
+        if rows <= cols:
+            best = max(sum(weights[i][j] for i, j in enumerate(p)) for p in itertools.permutations(range(cols), rows))
+        else:
+            best = max(sum(weights[i][j] for j, i in enumerate(p)) for p in itertools.permutations(range(rows), cols))
+        assert sum(weights[i][j] for i, j in pairs) == pytest.approx(best)
+    assert max_weight_assignment([]) == [] and max_weight_assignment([[]]) == []

@@ -13,6 +13,8 @@ import torch
 from lens_model import sam_head
 from lens_model.errors import CheckpointFormatError, InputError
 from lens_model.predictor import LensPredictor
+from lens_model.instance_tracks import InstanceTracks
+from lens_model.result import Instance, mask_to_box
 from lens_model.tracker import LensTracker, TrackerConfig, TrackStep
 from model_fixtures import tiny_model
 
@@ -203,6 +205,43 @@ def test_the_real_tiny_model_gives_a_step_with_timings(model):
     assert 0.0 <= step.score <= 1.0
     assert set(step.timings_ms) == {"preprocess", "sam_image_encoder", "mask_decoder", "postprocess", "total"}
     assert step.timings_ms["total"] == pytest.approx(sum(v for k, v in step.timings_ms.items() if k != "total"))
+
+
+def test_the_trackers_of_several_instances_share_one_encoding_per_frame(model, monkeypatch):
+    predictor = LensPredictor(model)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8) for _ in range(3)]
+    seeds = [np.pad(np.ones((12, 12), bool), ((4, 32), (4, 64))), np.pad(np.ones((16, 20), bool), ((24, 8), (50, 10)))]
+    alone = []  # each instance's own tracker, encoding every frame itself
+    for seed in seeds:
+        tracker = predictor.tracker()
+        tracker.start(frames[0], seed)
+        alone.append([tracker.step(image) for image in frames[1:]])
+    encodes = []
+    encode_images = sam_head.encode_images
+    monkeypatch.setattr(sam_head, "encode_images", lambda sam, pixels: encodes.append(1) or encode_images(sam, pixels))
+    instances = [Instance(mask_to_box(seed), seed, 1.0, None) for seed in seeds]
+    tracks = InstanceTracks(predictor.tracker, frames[0], instances)
+    for t, image in enumerate(frames[1:]):
+        before = len(encodes)
+        first, second = tracks.step(image)
+        assert len(encodes) == before + 1  # one image encoding for both instances
+        for shared, own in ((first, alone[0][t]), (second, alone[1][t])):
+            assert (shared.score, shared.box, shared.status == "lost") == (own.score, own.box, own.lost)
+            assert own.lost or np.array_equal(shared.mask, own.mask)
+        assert "sam_image_encoder" in first.timings_ms and "sam_image_encoder" not in second.timings_ms
+        assert first.timings_ms["total"] == pytest.approx(sum(v for k, v in first.timings_ms.items() if k != "total"))
+
+
+def test_an_encoding_is_only_for_trackers_of_its_model_and_mode(model):
+    image = frame()
+    tracker, other = LensTracker(model), LensTracker(tiny_model())
+    for each in (tracker, other):
+        each.start(image, rect(10, 30, 10, 30))
+    with pytest.raises(ValueError, match="another model"):
+        other.step(tracker.encode(image))
+    with pytest.raises(InputError):
+        tracker.encode(np.zeros((4, 4), np.uint8))
 
 
 def test_the_demo_model_follows_a_moving_shape():

@@ -7,7 +7,8 @@ and the evaluation metrics.
 - ``histogram_intersection_union`` counts as the authors' evaluation did (``--protocol paper``,
   ``training.protocol``): ground-truth values other than 0, 1 and 255 are neither target nor ignored.
 - A box is (x1, y1, x2, y2); a missing, non-finite or degenerate box has IoU 0, never a division by zero.
-- ``match_boxes`` pairs predicted and ground-truth boxes one to one, greedily by IoU.
+- ``match_boxes`` pairs predicted and ground-truth boxes one to one with the largest total IoU
+  (the Hungarian method, ``max_weight_assignment``).
 """
 
 from __future__ import annotations
@@ -107,19 +108,51 @@ def _area(box: tuple[float, float, float, float]) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
+def max_weight_assignment(weights: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
+    """The one-to-one (row, column) pairs of largest total weight, min(rows, columns) of them.
+
+    The Hungarian method with potentials (Kuhn-Munkres, O(n² m)); answers hold at most 32 boxes,
+    so plain Python is fast enough and scipy's solver is not needed as a dependency."""
+    rows, cols = len(weights), len(weights[0]) if weights else 0
+    if rows == 0 or cols == 0:
+        return []
+    if rows > cols:
+        return sorted((i, j) for j, i in max_weight_assignment([list(col) for col in zip(*weights)]))
+    cost = [[-float(w) for w in row] for row in weights]  # minimise the negated weights
+    row_potential = [0.0] * (rows + 1)
+    col_potential = [0.0] * (cols + 1)
+    row_of_col = [0] * (cols + 1)  # 1-based row assigned to each column; column 0 is the free start
+    for row in range(1, rows + 1):
+        row_of_col[0] = row
+        slack = [math.inf] * (cols + 1)
+        previous_col = [0] * (cols + 1)
+        used = [False] * (cols + 1)
+        col = 0
+        while row_of_col[col]:
+            used[col] = True
+            current_row, delta, next_col = row_of_col[col], math.inf, 0
+            for j in range(1, cols + 1):
+                if not used[j]:
+                    reduced = cost[current_row - 1][j - 1] - row_potential[current_row] - col_potential[j]
+                    if reduced < slack[j]:
+                        slack[j], previous_col[j] = reduced, col
+                    if slack[j] < delta:
+                        delta, next_col = slack[j], j
+            for j in range(cols + 1):
+                if used[j]:
+                    row_potential[row_of_col[j]] += delta
+                    col_potential[j] -= delta
+                else:
+                    slack[j] -= delta
+            col = next_col
+        while col:  # flip the augmenting path
+            row_of_col[col] = row_of_col[previous_col[col]]
+            col = previous_col[col]
+    return sorted((row_of_col[j] - 1, j - 1) for j in range(1, cols + 1) if row_of_col[j])
+
+
 def match_boxes(pred: Sequence[Sequence[float]], gt: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
-    """One-to-one (pred index, gt index, IoU) pairs, greedily: the pair of highest IoU first, then the
-    best among the boxes left (ties: lower indices first); pairs of IoU 0 are left unmatched. Greedy
-    is optimal whenever every box overlaps at most one box of the other side, as separate objects'
-    boxes do; scipy's Hungarian solver would be the exact choice, but it is not a dependency."""
-    pairs = sorted(((box_iou(p, g), i, j) for i, p in enumerate(pred) for j, g in enumerate(gt)),
-                   key=lambda pair: (-pair[0], pair[1], pair[2]))
-    used_pred: set[int] = set()
-    used_gt: set[int] = set()
-    matches = []
-    for iou, i, j in pairs:
-        if iou > 0 and i not in used_pred and j not in used_gt:
-            used_pred.add(i)
-            used_gt.add(j)
-            matches.append((i, j, iou))
-    return matches
+    """One-to-one (pred index, gt index, IoU) pairs of the largest total IoU, in pred order; pairs of
+    IoU 0 are left unmatched (a box that overlaps nothing matches nothing)."""
+    ious = [[box_iou(p, g) for g in gt] for p in pred]
+    return [(i, j, ious[i][j]) for i, j in max_weight_assignment(ious) if ious[i][j] > 0]

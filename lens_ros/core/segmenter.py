@@ -8,29 +8,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lens_model.result import Box, SegmentationResult
+from lens_model import instance_tracks
+from lens_model.result import SegmentationResult
 from lens_ros.core.params import LensParams
 
 
-class TrackStep(Protocol):
-    """lens_model.tracker.TrackStep: one frame of a track."""
-
-    mask: np.ndarray
-    box: Box | None
-    score: float
-    lost: bool
-    timings_ms: dict[str, float]
-
-
-class Tracker(Protocol):
-    """lens_model.tracker.LensTracker: seeded with a query's mask, then one step per frame."""
+class Tracker(instance_tracks.Tracker, Protocol):
+    """lens_model.tracker.LensTracker: seeded with a query's mask, then one step per frame, until stopped."""
 
     @property
     def active(self) -> bool: ...
-
-    def start(self, image: np.ndarray, mask: np.ndarray) -> None: ...
-
-    def step(self, image: np.ndarray) -> TrackStep: ...
 
     def stop(self) -> None: ...
 

@@ -10,6 +10,11 @@ embeddings instead of context-module prompts); the loss is BCE + Dice at the ori
 A training item is one image with every one of its targets, as SAM is trained: the image is encoded
 once, and prompts on the same image that must give different masks are what teaches the decoder
 to follow the box (one random target per image leaves it stuck at "every object", IoU ~0.23).
+LENS prompts the decoder with the context module's tokens (16 in the demo), never with a corner pair,
+the only prompt a decoder trained on boxes alone has seen: with ``one_token_share`` of the boxes
+prompted by one token, the sum of their two corner embeddings, the decoder also learns to read where
+from a prompt of another form, and alignment leaves its "every object" plateau above it
+(recipes/demo/RESEARCH_LOG.md, thirteenth round).
 Evaluation prompts with the exact ground-truth boxes and reports the mask gIoU and cIoU. Whether
 the decoder leaves that plateau at all depends on SAM 2's initial weights, so the run exits with
 status 1 (after exporting) when the final gIoU stays below ``min_eval_giou``: the later stages would
@@ -47,6 +52,9 @@ class SamPretrainConfig(StageConfig):
     loss: MaskLossWeights = field(default_factory=MaskLossWeights)
     box_jitter: float = 0.1  # each box side moves by up to this fraction of the box's width/height
     min_eval_giou: float = 0.0  # fail when the final box-prompted gIoU is below this (0: no check)
+    # Share of boxes prompted with ONE token, the sum of the box's two corner embeddings: the decoder then
+    # reads where from prompts other than a corner pair, as LENS's context tokens are (thirteenth round).
+    one_token_share: float = 0.0
 
 
 def sam_boxes(samples: list[Sample], image_size: int, jitter: float) -> torch.Tensor:
@@ -69,13 +77,34 @@ def box_prompted_logits(model: LensModel, images: list, boxes: torch.Tensor,
     return sam_head.decode_box_masks(model.sam, features, boxes.to(model.device))[0]
 
 
+def mixed_prompt_logits(model: LensModel, images: list, boxes: torch.Tensor, image_of_box: torch.Tensor,
+                        one_token: torch.Tensor) -> torch.Tensor:
+    """``box_prompted_logits``, except that the boxes where ``one_token`` is set are one prompt token each: the
+    sum of their two corner embeddings."""
+    features = model.sam_features(images)
+    corners, _ = model.sam.sam_prompt_encoder(points=None, boxes=boxes.float().to(model.device), masks=None)
+    corners = corners.to(features.fpn[0].dtype)
+    parts, order = [], []
+    for chosen, prompts in ((~one_token, corners), (one_token, corners.sum(1, keepdim=True))):
+        index = chosen.nonzero().flatten()
+        if len(index):
+            selected = features.select(image_of_box[index].to(model.device))
+            parts.append(sam_head.decode_masks(model.sam, selected, prompts[index.to(model.device)], repeat_image=False)[0])
+            order.append(index)
+    return torch.cat(parts)[torch.argsort(torch.cat(order)).to(model.device)]
+
+
 def sam_loss(engine: Engine, encoder: BatchEncoder, images: list[list[Sample]], cfg: SamPretrainConfig):
     del engine  # SAM 2 is prompted with boxes directly, outside LensModel.forward (not under ZeRO-3)
     model = encoder.model
     samples = [s for targets in images for s in targets]
     image_of_box = torch.tensor([i for i, targets in enumerate(images) for _ in targets])
     boxes = sam_boxes(samples, model.config.sam_image_size, cfg.box_jitter)
-    logits = box_prompted_logits(model, [targets[0].image for targets in images], boxes, image_of_box)
+    if cfg.one_token_share > 0:
+        logits = mixed_prompt_logits(model, [targets[0].image for targets in images], boxes, image_of_box,
+                                     torch.rand(len(samples)) < cfg.one_token_share)
+    else:
+        logits = box_prompted_logits(model, [targets[0].image for targets in images], boxes, image_of_box)
     loss, parts, ious = segmentation_loss(logits, samples, cfg.loss)
     metrics = {"loss": float(loss.detach()), **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
                "train_iou": sum(ious) / len(ious)}
