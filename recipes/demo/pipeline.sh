@@ -23,7 +23,7 @@ EXTRA=${EXTRA:-}                   # key=value overrides appended to every train
 SAM_EXTRA=${SAM_EXTRA:-}           # and to SAM 2 pretraining only (it fails below min_eval_giou: 0.5)
 ALIGN_EXTRA=${ALIGN_EXTRA:-}       # and to alignment only (it fails below min_eval_giou: 0.3)
 NPROC=${NPROC:-2}                  # SFT processes (data parallel)
-# The test split has 5703 expressions (3.5-8 evaluated per second, by machine): the table uses its first 819; EVAL_LIMIT= for all.
+# The test split has 6471 expressions (3.5-8 evaluated per second, by machine): the table uses its first 819; EVAL_LIMIT= for all.
 EVAL_LIMIT=${EVAL_LIMIT-819}
 EVAL_LIMIT=${EVAL_LIMIT:+--limit $EVAL_LIMIT}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -82,7 +82,7 @@ $PY -m recipes.demo.ablation_table \
     ${DOC:+--doc "$DOC"} | tee "$OUT/ablation.md"
 
 if [ "${INSTALL:-0}" = 1 ]; then
-    $PY -c "from lens_model import load_model, save_model; save_model(load_model('$OUT/grpo_mask'), 'lens_model/assets/lens-synth-demo')"
+    $PY -c "from lens_model import load_model, save_model; save_model(load_model('$OUT/grpo_box'), 'lens_model/assets/lens-synth-demo')"
     stamp "installed lens_model/assets/lens-synth-demo"
 fi
 stamp "done"
