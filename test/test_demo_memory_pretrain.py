@@ -20,12 +20,16 @@ from stage_fixtures import assert_exact_resume, run_stage
 CONFIG = "recipes/demo/configs/memory.yaml"
 
 
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("videos")
-    generate_videos(root / "train", num_videos=6, num_frames=8, seed=3, size=112)
+def video_sets(root, train_videos: int, train_frames: int):
+    """``root/train`` (seed 3) and ``root/eval`` (two 6-frame videos, seed 4), 112 px."""
+    generate_videos(root / "train", num_videos=train_videos, num_frames=train_frames, seed=3, size=112)
     generate_videos(root / "eval", num_videos=2, num_frames=6, seed=4, size=112)
     return root
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return video_sets(tmp_path_factory.mktemp("videos"), 6, 8)
 
 
 SMALL = ("clip_frames=4", "eval_frames=6", "engine.warmup_steps=0", "engine.lr=2e-3", "log.every_steps=4",
@@ -40,10 +44,7 @@ def run(videos, out, *overrides: str) -> None:
 @pytest.fixture(scope="module")
 def one_clip(tmp_path_factory):
     """A training set of one 4-frame video, so every step trains on the same clip (clip_frames=4)."""
-    root = tmp_path_factory.mktemp("one_clip")
-    generate_videos(root / "train", num_videos=1, num_frames=4, seed=3, size=112)
-    generate_videos(root / "eval", num_videos=2, num_frames=6, seed=4, size=112)
-    return root
+    return video_sets(tmp_path_factory.mktemp("one_clip"), 1, 4)
 
 
 def test_memory_training_learns_only_the_video_tensors(one_clip, tmp_path):

@@ -45,10 +45,10 @@ def test_one_token_prompts_are_the_sum_of_the_corner_embeddings_in_the_batch_ord
     image_of_box = torch.tensor([0, 1, 0, 1])
     boxes = sam_pretrain.sam_boxes(samples, model.config.sam_image_size, 0.0)
     two_tokens = sam_pretrain.box_prompted_logits(model, images, boxes, image_of_box)
-    assert torch.allclose(sam_pretrain.mixed_prompt_logits(model, images, boxes, image_of_box, torch.zeros(4, dtype=torch.bool)),
+    assert torch.allclose(sam_pretrain.box_prompted_logits(model, images, boxes, image_of_box, torch.zeros(4, dtype=torch.bool)),
                           two_tokens, atol=1e-5)
     one_token = torch.tensor([True, False, False, True])
-    mixed = sam_pretrain.mixed_prompt_logits(model, images, boxes, image_of_box, one_token)
+    mixed = sam_pretrain.box_prompted_logits(model, images, boxes, image_of_box, one_token)
     features = model.sam_features(images).select(image_of_box)
     corners, _ = model.sam.sam_prompt_encoder(points=None, boxes=boxes, masks=None)
     summed = sam_head.decode_masks(model.sam, features, corners.sum(1, keepdim=True), repeat_image=False)[0]

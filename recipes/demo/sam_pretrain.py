@@ -67,21 +67,17 @@ def sam_boxes(samples: list[Sample], image_size: int, jitter: float) -> torch.Te
     return (boxes * scale).clamp(0, image_size)
 
 
-def box_prompted_logits(model: LensModel, images: list, boxes: torch.Tensor,
-                        image_of_box: torch.Tensor | None = None) -> torch.Tensor:
+def box_prompted_logits(model: LensModel, images: list, boxes: torch.Tensor, image_of_box: torch.Tensor | None = None,
+                        one_token: torch.Tensor | None = None) -> torch.Tensor:
     """Low-resolution mask logits (B, S/4, S/4) for B boxes; box i is on ``images[image_of_box[i]]``
-    (default: one box per image)."""
+    (default: one box per image). Boxes where ``one_token`` is set are prompted by one token, the sum of
+    their two corner embeddings, instead of the corner pair."""
     features = model.sam_features(images)
-    if image_of_box is not None:
-        features = features.select(image_of_box.to(model.device))
-    return sam_head.decode_box_masks(model.sam, features, boxes.to(model.device))[0]
-
-
-def mixed_prompt_logits(model: LensModel, images: list, boxes: torch.Tensor, image_of_box: torch.Tensor,
-                        one_token: torch.Tensor) -> torch.Tensor:
-    """``box_prompted_logits``, except that the boxes where ``one_token`` is set are one prompt token each: the
-    sum of their two corner embeddings."""
-    features = model.sam_features(images)
+    if one_token is None:
+        if image_of_box is not None:
+            features = features.select(image_of_box.to(model.device))
+        return sam_head.decode_box_masks(model.sam, features, boxes.to(model.device))[0]
+    image_of_box = torch.arange(len(boxes)) if image_of_box is None else image_of_box
     corners, _ = model.sam.sam_prompt_encoder(points=None, boxes=boxes.float().to(model.device), masks=None)
     corners = corners.to(features.fpn[0].dtype)
     parts, order = [], []
@@ -100,11 +96,9 @@ def sam_loss(engine: Engine, encoder: BatchEncoder, images: list[list[Sample]], 
     samples = [s for targets in images for s in targets]
     image_of_box = torch.tensor([i for i, targets in enumerate(images) for _ in targets])
     boxes = sam_boxes(samples, model.config.sam_image_size, cfg.box_jitter)
-    if cfg.one_token_share > 0:
-        logits = mixed_prompt_logits(model, [targets[0].image for targets in images], boxes, image_of_box,
-                                     torch.rand(len(samples)) < cfg.one_token_share)
-    else:
-        logits = box_prompted_logits(model, [targets[0].image for targets in images], boxes, image_of_box)
+    # Drawn only when asked for, so that a run without one-token prompts keeps its random stream.
+    one_token = torch.rand(len(samples)) < cfg.one_token_share if cfg.one_token_share > 0 else None
+    logits = box_prompted_logits(model, [targets[0].image for targets in images], boxes, image_of_box, one_token)
     loss, parts, ious = segmentation_loss(logits, samples, cfg.loss)
     metrics = {"loss": float(loss.detach()), **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
                "train_iou": sum(ious) / len(ious)}
